@@ -1,0 +1,184 @@
+"""`training-control` (also `python -m app`): serve | worker | migrate | emulator | demo | keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from app.config import ConfigError, Settings, load_settings
+from app.logs import configure_logging
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise SystemExit(f"training-control: {exc}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.environment != "development" and not settings.api_keys:
+        # Stored keys are checked in the lifespan; this catches the common case with one clear line.
+        from app.keys.service import list_keys
+
+        async def _has_stored_keys() -> bool:
+            from app import migrations
+            from app.db import create_engine, create_sessionmaker
+
+            if settings.migrate_on_start:
+                await asyncio.to_thread(migrations.upgrade, settings.database_url)
+            engine = create_engine(settings)
+            try:
+                async with create_sessionmaker(engine)() as session:
+                    return any(k.revoked_at is None for k in await list_keys(session))
+            finally:
+                await engine.dispose()
+
+        if not asyncio.run(_has_stored_keys()):
+            print(
+                "training-control: no API key configured: set API_KEYS, create one with "
+                "`training-control keys create NAME`, or set ENVIRONMENT=development",
+                file=sys.stderr,
+            )
+            return 2
+    uvicorn.run(
+        "app.main:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+    )
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    print("training-control worker: not available yet (the job worker is being built)", file=sys.stderr)
+    return 2
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from app import migrations
+
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    migrations.upgrade(settings.database_url, args.revision, lock_timeout_s=settings.db.migrate_lock_timeout_s)
+    print(f"database at {args.revision}")
+    return 0
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    print("training-control emulator: not available yet (the W&B emulator is being built)", file=sys.stderr)
+    return 2
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    print("training-control demo: not available yet (it needs the pipeline, jobs and gateway)", file=sys.stderr)
+    return 2
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from app import migrations
+    from app.db import create_engine, create_sessionmaker
+    from app.errors import NotFound
+    from app.keys import service
+
+    settings = _settings()
+    configure_logging("WARNING", settings.log_format)
+
+    async def run() -> int:
+        if settings.migrate_on_start:
+            await asyncio.to_thread(migrations.upgrade, settings.database_url)
+        engine = create_engine(settings)
+        try:
+            async with create_sessionmaker(engine)() as session:
+                if args.keys_command == "create":
+                    created = await service.create_key(session, args.name)
+                    await session.commit()
+                    print(created.key)
+                    print(f"created key {created.id} ({created.name}); it is shown only this once", file=sys.stderr)
+                elif args.keys_command == "revoke":
+                    try:
+                        revoked = await service.revoke_key(session, args.key)
+                    except NotFound as exc:
+                        print(f"training-control keys revoke: {exc.message}", file=sys.stderr)
+                        return 1
+                    await session.commit()
+                    for row in revoked:
+                        print(f"revoked {row.id} ({row.name})")
+                else:
+                    for row in await service.list_keys(session):
+                        state = "revoked" if row.revoked_at else "active"
+                        print(f"{row.id}\t{row.name}\t{row.prefix}…\t{state}\t{row.created_at.isoformat()}")
+        finally:
+            await engine.dispose()
+        return 0
+
+    return asyncio.run(run())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="training-control",
+        description="Babylon agent training service: trajectories → scores → datasets → W&B Serverless RL → gateway.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the API (migrates first unless MIGRATE_ON_START=false)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a standalone job worker (no HTTP)")
+    worker.set_defaults(func=cmd_worker)
+
+    migrate = sub.add_parser("migrate", help="upgrade the database schema; safe from several processes at once")
+    migrate.add_argument("revision", nargs="?", default="head")
+    migrate.set_defaults(func=cmd_migrate)
+
+    emulator = sub.add_parser("emulator", help="run the W&B Training API emulator (development and tests only)")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8900)
+    emulator.set_defaults(func=cmd_emulator)
+
+    demo = sub.add_parser("demo", help="run the whole loop on SQLite and the emulator, no keys needed")
+    demo.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    demo.set_defaults(func=cmd_demo)
+
+    keys = sub.add_parser("keys", help="manage client API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = keys_sub.add_parser("create", help="create a key and print it once (only its hash is stored)")
+    create.add_argument("name")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id, or all active keys with a name")
+    revoke.add_argument("key", metavar="ID_OR_NAME")
+    keys_sub.add_parser("list", help="list keys (never their values)")
+    keys.set_defaults(func=cmd_keys)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (OperationalError, DBAPIError, OSError) as exc:
+        # One readable line for an unreachable database, not a driver traceback.
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        print(f"training-control: database error: {reason}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

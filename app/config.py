@@ -1,0 +1,165 @@
+"""Service settings, read once from the environment (and `.env`), validated at start.
+
+Names are the contract's (`shared/design/contract.md`); nested groups use `GROUP__FIELD`.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from app.babylon.settings import BabylonSettings
+from app.inference.settings import InferenceSettings
+from app.training.settings import TrainingSettings, WorkerSettings
+
+# Variables that must not stay in the process environment once read (art-serverless.md §7.2).
+SECRET_ENV_VARS = ("WANDB_API_KEY",)
+
+
+class DatabaseSettings(BaseModel):
+    pool_size: int = Field(10, gt=0)
+    max_overflow: int = Field(10, ge=0)
+    pool_timeout_s: float = Field(30.0, gt=0)
+    sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
+    migrate_lock_timeout_s: float = Field(300.0, gt=0, description="max wait for another process's migration")
+
+
+class HttpSettings(BaseModel):
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="request body limit of ordinary routes")
+    max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0, description="request body limit of /v1/files")
+    access_log: bool = False
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    environment: Literal["production", "development", "test"] = "production"
+    database_url: str = "sqlite+aiosqlite:///./data/training.db"
+    babylon_database_url: str | None = None
+    wandb_api_key: SecretStr | None = None
+    wandb_base_url: str = "https://api.training.wandb.ai/v1"
+    wandb_entity: str | None = None
+    wandb_project: str = "babylon-rl"
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    run_worker: bool = True
+    migrate_on_start: bool = True
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["console", "json"] = "console"
+
+    db: DatabaseSettings = DatabaseSettings()
+    http: HttpSettings = HttpSettings()
+    worker: WorkerSettings = WorkerSettings()
+    training: TrainingSettings = TrainingSettings()
+    inference: InferenceSettings = InferenceSettings()
+    babylon: BabylonSettings = BabylonSettings()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("database_url", "babylon_database_url")
+    @classmethod
+    def _normalise_db_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        return normalise_database_url(value)
+
+    @field_validator("wandb_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _database_url_required(self) -> Settings:
+        if self.database_url is None:  # type: ignore[comparison-overlap]
+            raise ValueError("DATABASE_URL must not be empty")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def wandb_configured(self) -> bool:
+        return self.wandb_api_key is not None and bool(self.wandb_api_key.get_secret_value())
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept the URL forms operators paste and return the async-driver form, or raise ValueError."""
+    url = url.strip()
+    for prefix in ("postgres://", "postgresql://", "postgresql+psycopg2://", "postgresql+psycopg://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    if url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        return url
+    scheme = url.split("://", 1)[0] if "://" in url else url[:20]
+    raise ValueError(
+        f"unsupported database URL scheme {scheme!r}; use sqlite+aiosqlite:///path or postgresql://user@host/db"
+    )
+
+
+class ConfigError(Exception):
+    """Settings could not be read; the message is one readable line per problem."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        loc = "__".join(str(part) for part in err["loc"]).upper() or "settings"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        problems.append(f"{loc}: {msg}")
+    return "invalid configuration: " + "; ".join(problems)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings and remove secrets from the process environment; raise ConfigError if invalid."""
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+    scrub_secret_env()
+    return settings
+
+
+def scrub_secret_env() -> None:
+    # The W&B key makes openpipe-art and wandb contact W&B hosts and block the event loop
+    # (art-serverless.md §7.2); once read into Settings it has no business in os.environ.
+    for name in SECRET_ENV_VARS:
+        os.environ.pop(name, None)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Settings of this process (the CLI's entry point); the app keeps its own on app.state."""
+    return load_settings()

@@ -1,0 +1,147 @@
+"""The FastAPI application: `create_app(settings)`; `app.main:app` builds one from the environment."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI
+from fastapi.routing import APIRoute
+
+from app import migrations
+from app.auth import require_api_key
+from app.config import ConfigError, Settings, load_settings
+from app.datasets.router import router as datasets_router
+from app.db import create_engine, create_sessionmaker
+from app.errors import error_responses, install_error_handlers
+from app.files.router import router as files_router
+from app.health.metrics import Metrics
+from app.health.router import router as health_router
+from app.inference import lifecycle as inference_lifecycle
+from app.inference.router import router as inference_router
+from app.jobs.router import router as jobs_router
+from app.keys.models import ApiKey
+from app.keys.service import Authenticator
+from app.logs import configure_logging
+from app.middleware import RequestContextMiddleware
+from app.scoring.router import router as scoring_router
+from app.training import lifecycle as worker_lifecycle
+from app.trajectories.router import router as trajectories_router
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Turns what the Babylon game's AI agents did into better agents, with the data staying in
+your own databases: trajectories → local scores → GRPO datasets → durable training jobs on
+W&B Serverless RL → checkpoints served through an OpenAI-compatible gateway.
+
+Every route except `/health`, `/healthz`, `/readyz` and these docs needs
+`Authorization: Bearer <key>` (the **Authorize** button). Errors always have the shape
+`{"error": {"message", "type", "param", "code"}}`.
+"""
+
+
+def _operation_id(route: APIRoute) -> str:
+    tag = route.tags[0] if route.tags else "default"
+    return f"{tag}-{route.name}"
+
+
+async def _count_active_keys(app: FastAPI) -> int:
+    async with app.state.sessionmaker() as session:
+        return int(
+            await session.scalar(sa.select(sa.func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None)))
+            or 0
+        )
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    if settings.migrate_on_start:
+        await asyncio.to_thread(
+            migrations.upgrade, settings.database_url, lock_timeout_s=settings.db.migrate_lock_timeout_s
+        )
+    engine = create_engine(settings)
+    app.state.engine = engine
+    app.state.sessionmaker = create_sessionmaker(engine)
+    app.state.authenticator = Authenticator(
+        [k.get_secret_value() for k in settings.api_keys], app.state.sessionmaker
+    )
+    try:
+        if settings.environment != "development" and not settings.api_keys and await _count_active_keys(app) == 0:
+            raise ConfigError(
+                "no API key configured: set API_KEYS, create one with `training-control keys create NAME`, "
+                "or set ENVIRONMENT=development"
+            )
+        await inference_lifecycle.startup(app)
+        await worker_lifecycle.startup(app)
+        logger.info("service.started database=%s", engine.url.get_backend_name())
+        yield
+    finally:
+        await worker_lifecycle.shutdown(app)
+        await inference_lifecycle.shutdown(app)
+        await engine.dispose()
+        logger.info("service.stopped")
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(
+        title="training-control",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.settings = settings
+    app.state.engine = None
+    metrics = Metrics()
+    app.state.metrics = metrics
+    metrics.watch_engine(lambda: app.state.engine)
+
+    install_error_handlers(app)
+    protected: dict[str, Any] = {
+        "dependencies": [Depends(require_api_key)],
+        "responses": error_responses(400, 401, 413, 422),
+    }
+    app.include_router(health_router)
+    app.include_router(files_router, **protected)
+    app.include_router(trajectories_router, **protected)
+    app.include_router(scoring_router, **protected)
+    app.include_router(datasets_router, **protected)
+    app.include_router(jobs_router, **protected)
+    app.include_router(inference_router, **protected)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.http.max_body_bytes,
+        max_upload_bytes=settings.http.max_upload_bytes,
+        access_log=settings.http.access_log,
+    )
+    return app
+
+
+def build_app_from_env() -> FastAPI:
+    """What `uvicorn app.main:app` serves: settings from the environment, logging configured."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise SystemExit(f"training-control: {exc}") from None
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
+_app: FastAPI | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # Built lazily so importing app.main (tests, the CLI) does not read the environment.
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = build_app_from_env()
+        return _app
+    raise AttributeError(name)
