@@ -7,10 +7,10 @@ import logging
 import time
 from logging.config import fileConfig
 
+from alembic import context
 from sqlalchemy import Connection, pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from alembic import context
 from app.config import get_settings
 from app.migrations import MIGRATION_LOCK_KEY
 from app.models import Base

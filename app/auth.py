@@ -11,7 +11,9 @@ from app.errors import Unauthorized
 from app.keys.service import Authenticator, Principal
 
 # auto_error=False: a missing header must answer 401 in our envelope, not FastAPI's 403.
-bearer_scheme = HTTPBearer(auto_error=False, description="An API key from API_KEYS or `training-control keys create`.")
+bearer_scheme = HTTPBearer(
+    auto_error=False, description="An API key from API_KEYS or `training-control keys create`."
+)
 
 _UNAUTHORIZED_HEADERS = {"WWW-Authenticate": "Bearer"}
 
@@ -29,7 +31,9 @@ async def authenticate(authenticator: Authenticator, header: str | None) -> Prin
     token = parse_bearer(header)
     if token is None:
         raise Unauthorized(
-            "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key", headers=_UNAUTHORIZED_HEADERS
+            "Missing API key: send 'Authorization: Bearer <key>'.",
+            code="missing_api_key",
+            headers=_UNAUTHORIZED_HEADERS,
         )
     principal = await authenticator.verify(token)
     if principal is None:

@@ -69,7 +69,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
-    migrations.upgrade(settings.database_url, args.revision, lock_timeout_s=settings.db.migrate_lock_timeout_s)
+    migrations.upgrade(
+        settings.database_url, args.revision, lock_timeout_s=settings.db.migrate_lock_timeout_s
+    )
     print(f"database at {args.revision}")
     return 0
 
@@ -80,7 +82,9 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    print("training-control demo: not available yet (it needs the pipeline, jobs and gateway)", file=sys.stderr)
+    print(
+        "training-control demo: not available yet (it needs the pipeline, jobs and gateway)", file=sys.stderr
+    )
     return 2
 
 
@@ -103,7 +107,10 @@ def cmd_keys(args: argparse.Namespace) -> int:
                     created = await service.create_key(session, args.name)
                     await session.commit()
                     print(created.key)
-                    print(f"created key {created.id} ({created.name}); it is shown only this once", file=sys.stderr)
+                    print(
+                        f"created key {created.id} ({created.name}); it is shown only this once",
+                        file=sys.stderr,
+                    )
                 elif args.keys_command == "revoke":
                     try:
                         revoked = await service.revoke_key(session, args.key)
@@ -140,11 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a standalone job worker (no HTTP)")
     worker.set_defaults(func=cmd_worker)
 
-    migrate = sub.add_parser("migrate", help="upgrade the database schema; safe from several processes at once")
+    migrate = sub.add_parser(
+        "migrate", help="upgrade the database schema; safe from several processes at once"
+    )
     migrate.add_argument("revision", nargs="?", default="head")
     migrate.set_defaults(func=cmd_migrate)
 
-    emulator = sub.add_parser("emulator", help="run the W&B Training API emulator (development and tests only)")
+    emulator = sub.add_parser(
+        "emulator", help="run the W&B Training API emulator (development and tests only)"
+    )
     emulator.add_argument("--host", default="127.0.0.1")
     emulator.add_argument("--port", type=int, default=8900)
     emulator.set_defaults(func=cmd_emulator)

@@ -100,7 +100,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _database_url_required(self) -> Settings:
-        if self.database_url is None:  # type: ignore[comparison-overlap]
+        if not self.database_url:
             raise ValueError("DATABASE_URL must not be empty")
         return self
 

@@ -104,7 +104,9 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, type_: str, *, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
@@ -117,7 +119,9 @@ def error_response(
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    return JSONResponse(error_body(message, type_, param=param, code=code), status_code=status, headers=headers)
+    return JSONResponse(
+        error_body(message, type_, param=param, code=code), status_code=status, headers=headers
+    )
 
 
 def app_error_response(exc: AppError) -> JSONResponse:
@@ -144,7 +148,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorResponse, "description": descriptions.get(s, "Error")} for s in statuses}
 
 
-def _loc_to_param(loc: tuple[Any, ...] | list[Any]) -> str | None:
+def _loc_to_param(loc: Any) -> str | None:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or None
 
@@ -159,7 +163,7 @@ async def _handle_app_error(_request: Request, exc: Exception) -> Response:
 async def _handle_validation_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
-    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    first: dict[str, Any] = dict(errors[0]) if errors else {"loc": (), "msg": "invalid request"}
     param = _loc_to_param(first.get("loc", ()))
     msg = str(first.get("msg", "invalid request"))
     if first.get("type") == "json_invalid":
@@ -178,7 +182,10 @@ async def _handle_http_exception(_request: Request, exc: Exception) -> Response:
         return error_response(404, "Unknown route", "invalid_request_error", code="not_found")
     if status == 405:
         return error_response(
-            405, "Method not allowed for this route", "invalid_request_error", code="method_not_allowed",
+            405,
+            "Method not allowed for this route",
+            "invalid_request_error",
+            code="method_not_allowed",
             headers=dict(exc.headers or {}),
         )
     type_ = "invalid_request_error" if status < 500 else "server_error"

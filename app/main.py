@@ -53,7 +53,9 @@ def _operation_id(route: APIRoute) -> str:
 async def _count_active_keys(app: FastAPI) -> int:
     async with app.state.sessionmaker() as session:
         return int(
-            await session.scalar(sa.select(sa.func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None)))
+            await session.scalar(
+                sa.select(sa.func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
+            )
             or 0
         )
 
@@ -72,7 +74,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         [k.get_secret_value() for k in settings.api_keys], app.state.sessionmaker
     )
     try:
-        if settings.environment != "development" and not settings.api_keys and await _count_active_keys(app) == 0:
+        if (
+            settings.environment != "development"
+            and not settings.api_keys
+            and await _count_active_keys(app) == 0
+        ):
             raise ConfigError(
                 "no API key configured: set API_KEYS, create one with `training-control keys create NAME`, "
                 "or set ENVIRONMENT=development"

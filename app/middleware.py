@@ -97,7 +97,9 @@ class RequestContextMiddleware:
                     await _send_json(send, 413, _too_large(limit), header_value)
                     status_holder[0] = 413
             except Exception:
-                logger.exception("request.unhandled_exception method=%s path=%s", scope["method"], scope["path"])
+                logger.exception(
+                    "request.unhandled_exception method=%s path=%s", scope["method"], scope["path"]
+                )
                 if not started[0]:
                     await _send_json(send, 500, internal_error_body(), header_value)
                 status_holder[0] = 500
@@ -109,7 +111,10 @@ class RequestContextMiddleware:
             if self.access_log:
                 logger.info(
                     "http.request method=%s path=%s status=%s duration_ms=%.1f",
-                    scope["method"], scope["path"], status_holder[0], elapsed * 1000,
+                    scope["method"],
+                    scope["path"],
+                    status_holder[0],
+                    elapsed * 1000,
                 )
             reset_request_id(token)
 

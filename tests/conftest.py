@@ -10,6 +10,7 @@ unreachable and are skipped elsewhere.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import secrets
 import socket
@@ -29,6 +30,8 @@ from app import migrations
 from app.config import Settings, load_settings
 from app.main import create_app
 from app.models import Base
+
+pytest_plugins = ["tests.fixtures.babylon", "tests.fixtures.emulator"]
 
 # Keep ART / LiteLLM / wandb from reaching the internet or reading the W&B key (art-serverless.md §9).
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -63,16 +66,26 @@ async def _pg_admin(sql: str) -> None:
         await engine.dispose()
 
 
+def run_blocking(coro_fn: Any, *args: Any) -> Any:
+    """Run a coroutine to completion from sync code, even inside a running event loop."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro_fn(*args)).result()
+
+
 def create_pg_database(prefix: str = "tc_test") -> str:
     """Create an empty Postgres database and return its asyncpg URL."""
     name = f"{prefix}_{os.getpid()}_{secrets.token_hex(4)}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    return str(sa.engine.make_url(_asyncpg_url(PG_ADMIN_URL)).set(database=name).render_as_string(hide_password=False))
+    run_blocking(_pg_admin, f'CREATE DATABASE "{name}"')
+    return str(
+        sa.engine.make_url(_asyncpg_url(PG_ADMIN_URL))
+        .set(database=name)
+        .render_as_string(hide_password=False)
+    )
 
 
 def drop_pg_database(url: str) -> None:
     name = sa.engine.make_url(url).database
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_blocking(_pg_admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -116,10 +129,13 @@ async def truncate_all(url: str) -> None:
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            tables = [t.name for t in reversed(Base.metadata.sorted_tables)]
+            existing = set(await conn.run_sync(lambda c: sa.inspect(c).get_table_names()))
+            tables = [t.name for t in reversed(Base.metadata.sorted_tables) if t.name in existing]
             if conn.dialect.name == "postgresql":
                 if tables:
-                    await conn.execute(sa.text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
+                    await conn.execute(
+                        sa.text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE")
+                    )
             else:
                 for table in tables:
                     await conn.execute(sa.text(f'DELETE FROM "{table}"'))
@@ -175,6 +191,8 @@ async def anon_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 async def openai_client(app: FastAPI) -> AsyncIterator[openai.AsyncOpenAI]:
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app))
-    sdk = openai.AsyncOpenAI(base_url="http://testserver/v1", api_key=TEST_API_KEY, http_client=http, max_retries=0)
+    sdk = openai.AsyncOpenAI(
+        base_url="http://testserver/v1", api_key=TEST_API_KEY, http_client=http, max_retries=0
+    )
     yield sdk
     await sdk.close()

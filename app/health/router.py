@@ -59,13 +59,17 @@ async def readyz(request: Request) -> JSONResponse:
             current = await conn.run_sync(current_revisions)
         checks["database"] = "ok"
         heads = head_revisions()
-        checks["migrations"] = "ok" if current == heads else f"at {sorted(current) or 'none'}, head is {sorted(heads)}"
+        checks["migrations"] = (
+            "ok" if current == heads else f"at {sorted(current) or 'none'}, head is {sorted(heads)}"
+        )
     except Exception as exc:
         logger.warning("ready.database_unreachable error=%s", type(exc).__name__)
         checks["database"] = "unreachable"
         checks["migrations"] = "unknown"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
+    )
 
 
 @router.get(

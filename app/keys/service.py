@@ -44,7 +44,8 @@ async def revoke_key(session: AsyncSession, key_id_or_name: str) -> list[ApiKey]
     rows = (
         await session.scalars(
             sa.select(ApiKey).where(
-                sa.or_(ApiKey.id == key_id_or_name, ApiKey.name == key_id_or_name), ApiKey.revoked_at.is_(None)
+                sa.or_(ApiKey.id == key_id_or_name, ApiKey.name == key_id_or_name),
+                ApiKey.revoked_at.is_(None),
             )
         )
     ).all()
@@ -112,7 +113,9 @@ class Authenticator:
         async with self._sessionmaker() as session:
             row = (
                 await session.execute(
-                    sa.select(ApiKey.id, ApiKey.key_hash).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
+                    sa.select(ApiKey.id, ApiKey.key_hash).where(
+                        ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)
+                    )
                 )
             ).first()
         if row is None or not hmac.compare_digest(row.key_hash, digest):

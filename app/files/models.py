@@ -1,0 +1,1 @@
+"""Tables of the files feature (filled in by its implementation)."""

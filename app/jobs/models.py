@@ -1,0 +1,1 @@
+"""Tables of the jobs feature (filled in by its implementation)."""

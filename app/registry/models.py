@@ -1,0 +1,63 @@
+"""Trained model lines, their checkpoints, and aliases (latest, best, production, …).
+
+A *model line* is one W&B Serverless RL model (ART `TrainableModel` name); training continues
+from its latest checkpoint. Each checkpoint is served under its exact W&B name
+`wandb-artifact:///<entity>/<project>/<name>:step<N>`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, JSONType, TimestampMixin, UTCDateTime, utcnow
+
+
+class ServedModel(TimestampMixin, Base):
+    __tablename__ = "served_models"
+    __table_args__ = (sa.UniqueConstraint("entity", "project", "name"),)
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # mdl-…
+    name: Mapped[str] = mapped_column(sa.String(200), nullable=False, index=True)  # W&B model name
+    entity: Mapped[str] = mapped_column(sa.String(200), nullable=False)
+    project: Mapped[str] = mapped_column(sa.String(200), nullable=False)
+    base_model: Mapped[str] = mapped_column(sa.String(200), nullable=False)
+    remote_id: Mapped[str | None] = mapped_column(sa.String(100), nullable=True)  # W&B model UUID
+    # serve the base model when a requested checkpoint is gone upstream (off by default)
+    fallback_to_base: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=False)
+
+
+class Checkpoint(TimestampMixin, Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (sa.UniqueConstraint("model_id", "step"),)
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # ftckpt-…
+    model_id: Mapped[str] = mapped_column(
+        sa.String(40), sa.ForeignKey("served_models.id", ondelete="CASCADE"), nullable=False
+    )
+    job_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True, index=True)
+    job_step: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)  # 1-based step of that job
+    step: Mapped[int] = mapped_column(sa.Integer, nullable=False)  # the W&B checkpoint step
+    artifact_name: Mapped[str] = mapped_column(sa.String(500), nullable=False, unique=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ModelAlias(Base):
+    __tablename__ = "model_aliases"
+    __table_args__ = (sa.UniqueConstraint("model_id", "alias"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[str] = mapped_column(
+        sa.String(40), sa.ForeignKey("served_models.id", ondelete="CASCADE"), nullable=False
+    )
+    alias: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    checkpoint_id: Mapped[str] = mapped_column(
+        sa.String(40), sa.ForeignKey("checkpoints.id", ondelete="CASCADE"), nullable=False
+    )
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        UTCDateTime(), nullable=False, default=utcnow, onupdate=utcnow
+    )

@@ -1,0 +1,1 @@
+"""Tables of the scoring feature (filled in by its implementation)."""

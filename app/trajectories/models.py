@@ -1,0 +1,1 @@
+"""Tables of the trajectories feature (filled in by its implementation)."""
