@@ -6,9 +6,11 @@ Names are the contract's (`shared/design/contract.md`); nested groups use `GROUP
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import sqlalchemy as sa
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -26,6 +28,12 @@ class DatabaseSettings(BaseModel):
     pool_timeout_s: float = Field(30.0, gt=0)
     sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
     migrate_lock_timeout_s: float = Field(300.0, gt=0, description="max wait for another process's migration")
+
+
+class AuthSettings(BaseModel):
+    key_cache_ttl_s: float = Field(
+        5.0, ge=0, description="how long a stored key's check is cached; a revoked key works this long"
+    )
 
 
 class HttpSettings(BaseModel):
@@ -64,6 +72,7 @@ class Settings(BaseSettings):
 
     db: DatabaseSettings = DatabaseSettings()
     http: HttpSettings = HttpSettings()
+    auth: AuthSettings = AuthSettings()
     worker: WorkerSettings = WorkerSettings()
     training: TrainingSettings = TrainingSettings()
     inference: InferenceSettings = InferenceSettings()
@@ -104,6 +113,14 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL must not be empty")
         return self
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr()/str() end up in logs and tracebacks: hide passwords inside database URLs
+        # (SecretStr fields already render as '**********').
+        for name, value in super().__repr_args__():
+            if name in ("database_url", "babylon_database_url") and isinstance(value, str):
+                value = redact_url(value)
+            yield name, value
+
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
@@ -129,6 +146,14 @@ def normalise_database_url(url: str) -> str:
     )
 
 
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ***, for logs and repr."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable URL>"
+
+
 class ConfigError(Exception):
     """Settings could not be read; the message is one readable line per problem."""
 
@@ -138,6 +163,9 @@ def describe_validation_error(exc: ValidationError) -> str:
     for err in exc.errors():
         loc = "__".join(str(part) for part in err["loc"]).upper() or "settings"
         msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "literal_error":
+            # Choices are never secrets, so echoing the rejected value helps.
+            msg += f" (got {err['input']!r})"
         problems.append(f"{loc}: {msg}")
     return "invalid configuration: " + "; ".join(problems)
 

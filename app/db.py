@@ -83,9 +83,7 @@ def create_engine(settings: Settings, *, pool: bool = True) -> AsyncEngine:
     url = settings.database_url
     if url.startswith("sqlite"):
         ensure_sqlite_dir(url)
-        engine = create_async_engine(url, connect_args={"timeout": settings.db.sqlite_busy_timeout_ms / 1000})
-        _tune_sqlite(engine, settings.db.sqlite_busy_timeout_ms)
-        return engine
+        return create_sqlite_engine(url, busy_timeout_ms=settings.db.sqlite_busy_timeout_ms)
     kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if pool:
         kwargs.update(
@@ -98,7 +96,16 @@ def create_engine(settings: Settings, *, pool: bool = True) -> AsyncEngine:
     return create_async_engine(url, **kwargs)
 
 
-def _tune_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+def create_sqlite_engine(
+    url: str, *, busy_timeout_ms: int, foreign_keys: bool = True, **kwargs: Any
+) -> AsyncEngine:
+    """A SQLite engine whose writers queue on busy_timeout instead of failing with "database is locked"."""
+    engine = create_async_engine(url, connect_args={"timeout": busy_timeout_ms / 1000}, **kwargs)
+    tune_sqlite(engine, busy_timeout_ms, foreign_keys=foreign_keys)
+    return engine
+
+
+def tune_sqlite(engine: AsyncEngine, busy_timeout_ms: int, *, foreign_keys: bool = True) -> None:
     sync_engine = engine.sync_engine
 
     @event.listens_for(sync_engine, "connect")
@@ -106,9 +113,10 @@ def _tune_sqlite(engine: AsyncEngine, busy_timeout_ms: int) -> None:
         # Let SQLAlchemy, not the driver, open transactions (see _on_begin).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # busy_timeout first: switching a new database to WAL needs a lock another process may hold.
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 

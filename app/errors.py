@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import email.message
+import http
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -75,8 +77,18 @@ class Unprocessable(AppError):
     status_code, type, default_code = 422, "invalid_request_error", "invalid_value"
 
 
+class InvalidJSON(AppError):
+    status_code, type, default_code = 400, "invalid_request_error", "invalid_json"
+
+
 class RateLimited(AppError):
     status_code, type, default_code = 429, "rate_limit_error", "rate_limited"
+
+
+class InternalError(AppError):
+    """An unexpected failure; the message must not carry internals."""
+
+    status_code, type, default_code = 500, "server_error", "internal_error"
 
 
 class UpstreamError(AppError):
@@ -89,6 +101,16 @@ class ServiceUnavailable(AppError):
 
 class UpstreamTimeout(AppError):
     status_code, type, default_code = 504, "upstream_error", "upstream_timeout"
+
+
+class RequestBodyTooLarge(StarletteHTTPException):
+    """Raised by the body-limit middleware while the app reads the body. A Starlette
+    HTTPException so FastAPI's body parsing passes it through instead of turning it into
+    "There was an error parsing the body" (400)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
+        self.limit = limit
 
 
 class ErrorBody(BaseModel):
@@ -136,11 +158,13 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "Invalid request",
         401: "Missing or invalid API key",
         404: "Not found",
+        405: "Method not allowed",
         409: "Conflict with the current state",
         413: "Request body too large",
         415: "Unsupported content type",
         422: "Validation error",
         429: "Rate limited",
+        500: "Internal error (the message carries the request id, never internals)",
         502: "Upstream error",
         503: "Service unavailable",
         504: "Upstream timeout",
@@ -160,40 +184,111 @@ async def _handle_app_error(_request: Request, exc: Exception) -> Response:
     return app_error_response(exc)
 
 
-async def _handle_validation_error(_request: Request, exc: Exception) -> Response:
+_JSON_TYPES = ("application/json",)
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def _media_type(request: Request) -> str | None:
+    header = request.headers.get("content-type")
+    if not header:
+        return None
+    message = email.message.Message()
+    message["content-type"] = header
+    return message.get_content_type()
+
+
+def _is_json(media_type: str | None) -> bool:
+    return media_type is not None and (media_type in _JSON_TYPES or media_type.endswith("+json"))
+
+
+def _body_type_error(request: Request, errors: list[dict[str, Any]]) -> AppError | None:
+    """A 415 (or a clear 422) when the body could not be read as what the route expects.
+
+    FastAPI hands a JSON route a non-JSON body as raw bytes, and its validation error says
+    "Input should be a valid dictionary": true, but it does not tell the client what to fix.
+    """
+    body_field = getattr(request.scope.get("route"), "body_field", None)
+    if body_field is None or not any(tuple(e.get("loc", ()))[:1] == ("body",) for e in errors):
+        return None
+    media_type = _media_type(request)
+    if isinstance(body_field.field_info, params.Form):
+        if media_type not in _FORM_TYPES:
+            return UnsupportedMediaType(
+                f"Content-Type must be multipart/form-data, got {media_type or 'none'}",
+                param="content-type",
+            )
+        return None
+    whole_body = [e for e in errors if tuple(e.get("loc", ())) == ("body",)]
+    if not whole_body:
+        return None
+    if not _is_json(media_type) and (media_type is not None or _has_body(request)):
+        return UnsupportedMediaType(
+            f"Content-Type must be application/json, got {media_type or 'none'}", param="content-type"
+        )
+    if whole_body[0].get("type") == "missing":
+        return Unprocessable("the request body is required: send a JSON object", code="missing_body")
+    return Unprocessable(
+        f"the request body must be a JSON object: {whole_body[0].get('msg', 'wrong type')}",
+        code="invalid_body",
+    )
+
+
+def _has_body(request: Request) -> bool:
+    return request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+
+
+async def _handle_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    first: dict[str, Any] = dict(errors[0]) if errors else {"loc": (), "msg": "invalid request"}
+    errors = [dict(e) for e in exc.errors()]
+    first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        reason = first.get("ctx", {}).get("error", first.get("msg", "malformed"))
+        return app_error_response(InvalidJSON(f"request body is not valid JSON: {reason}"))
+    body_error = _body_type_error(request, errors)
+    if body_error is not None:
+        return app_error_response(body_error)
     param = _loc_to_param(first.get("loc", ()))
     msg = str(first.get("msg", "invalid request"))
-    if first.get("type") == "json_invalid":
-        message = f"request body is not valid JSON: {first.get('ctx', {}).get('error', msg)}"
-        return error_response(400, message, "invalid_request_error", code="invalid_json")
     message = f"{param}: {msg}" if param else msg
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return error_response(422, message, "invalid_request_error", param=param, code="invalid_value")
+    return app_error_response(Unprocessable(message, param=param))
 
 
-async def _handle_http_exception(_request: Request, exc: Exception) -> Response:
+def _is_default_detail(exc: StarletteHTTPException) -> bool:
+    return exc.detail == http.HTTPStatus(exc.status_code).phrase
+
+
+async def _handle_http_exception(request: Request, exc: Exception) -> Response:
+    # Routing errors and any HTTPException raised by a library: same envelope as AppError.
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
+    headers = dict(exc.headers or {})
+    custom = None if _is_default_detail(exc) else str(exc.detail)
+    error: AppError
     if status == 404:
-        return error_response(404, "Unknown route", "invalid_request_error", code="not_found")
-    if status == 405:
-        return error_response(
-            405,
-            "Method not allowed for this route",
-            "invalid_request_error",
-            code="method_not_allowed",
-            headers=dict(exc.headers or {}),
+        error = NotFound(custom or f"Unknown route: {request.method} {request.url.path}")
+    elif status == 405:
+        allowed = headers.get("Allow") or headers.get("allow")
+        error = MethodNotAllowed(
+            custom
+            or f"Method {request.method} is not allowed on {request.url.path}"
+            + (f"; allowed: {allowed}" if allowed else "")
         )
-    type_ = "invalid_request_error" if status < 500 else "server_error"
-    return error_response(status, str(exc.detail), type_, code=None, headers=dict(exc.headers or {}))
+    elif status == 413:
+        error = PayloadTooLarge(str(exc.detail))
+    elif status == 401:
+        error = Unauthorized(custom or "Missing or invalid API key.")
+    else:
+        type_ = "invalid_request_error" if status < 500 else "server_error"
+        return error_response(status, str(exc.detail), type_, code=None, headers=headers or None)
+    error.headers = headers or None
+    return app_error_response(error)
 
 
 async def _handle_integrity_error(_request: Request, exc: Exception) -> Response:
-    logger.warning("db.integrity_error error=%s", exc)
+    # The message names constraints and values, not secrets; the client gets a generic line.
+    logger.warning("db.integrity_error error=%s", str(exc).splitlines()[0])
     return error_response(409, "the request conflicts with stored data", "conflict_error", code="conflict")
 
 
@@ -206,11 +301,10 @@ async def _handle_operational_error(_request: Request, exc: Exception) -> Respon
 
 def internal_error_body() -> dict[str, Any]:
     """What a client sees of an unexpected exception: the request id, no internals."""
-    return error_body(
-        f"The server had an error processing the request (request id {current_request_id()}).",
-        "server_error",
-        code="internal_error",
+    error = InternalError(
+        f"The server had an error processing the request (request id {current_request_id()})."
     )
+    return error_body(error.message, error.type, code=error.code)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -6,6 +6,7 @@ import contextvars
 import datetime as dt
 import logging
 import sys
+from typing import Any, TextIO
 
 import orjson
 
@@ -24,9 +25,34 @@ def reset_request_id(token: contextvars.Token[str | None]) -> None:
     _request_id.reset(token)
 
 
-class RequestIdFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
+def _install_request_id_factory() -> None:
+    """Stamp every LogRecord with the current request id when it is created.
+
+    A record factory rather than a handler filter, so every handler sees the id: ours,
+    uvicorn's, pytest's caplog. Installed once, at import, chaining any previous factory.
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_stamps_request_id", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
         record.request_id = _request_id.get() or "-"
+        return record
+
+    factory._stamps_request_id = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+_install_request_id_factory()
+
+
+class RequestIdFilter(logging.Filter):
+    """Fills `request_id` on records made before the factory was installed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = _request_id.get() or "-"
         return True
 
 
@@ -47,9 +73,9 @@ class JsonFormatter(logging.Formatter):
 CONSOLE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
 
 
-def configure_logging(level: str = "INFO", fmt: str = "console") -> None:
+def configure_logging(level: str = "INFO", fmt: str = "console", *, stream: TextIO | None = None) -> None:
     """Configure the root logger once; uvicorn's loggers propagate to it."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(CONSOLE_FORMAT))
     root = logging.getLogger()

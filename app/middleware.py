@@ -16,17 +16,13 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import error_body, internal_error_body
+from app.errors import PayloadTooLarge, RequestBodyTooLarge, error_body, internal_error_body
 from app.health.metrics import Metrics
 from app.logs import reset_request_id, set_request_id
 
 logger = logging.getLogger("app.http")
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class RequestContextMiddleware:
@@ -78,7 +74,8 @@ class RequestContextMiddleware:
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > limit:
-                        raise BodyTooLarge
+                        # Rendered by the app's HTTPException handler (413 envelope).
+                        raise RequestBodyTooLarge(limit)
                 return message
 
             async def send_wrapper(message: Message) -> None:
@@ -92,7 +89,8 @@ class RequestContextMiddleware:
 
             try:
                 await self.app(scope, limited_receive, send_wrapper)
-            except BodyTooLarge:
+            except RequestBodyTooLarge:
+                # Raised outside the app's exception handlers (e.g. by another middleware).
                 if not started[0]:
                     await _send_json(send, 413, _too_large(limit), header_value)
                     status_holder[0] = 413
@@ -138,9 +136,8 @@ def _content_length(scope: Scope) -> int | None:
 
 
 def _too_large(limit: int) -> dict[str, Any]:
-    return error_body(
-        f"request body exceeds the limit of {limit} bytes", "invalid_request_error", code="request_too_large"
-    )
+    error = PayloadTooLarge(RequestBodyTooLarge(limit).detail)
+    return error_body(error.message, error.type, code=error.code)
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any], request_id: bytes) -> None:
