@@ -77,8 +77,31 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
-    print("training-control emulator: not available yet (the W&B emulator is being built)", file=sys.stderr)
-    return 2
+    # The only place in app/ that imports the emulator (a test double, never part of the service).
+    from app.emulator import EmulatorConfig, EmulatorState
+    from app.emulator.server import base_url_of, bind_socket, serve_forever
+
+    try:
+        config = EmulatorConfig(
+            pace_s=args.pace_s,
+            gradient_steps=args.gradient_steps,
+            api_key=args.api_key or None,
+            default_entity=args.entity,
+            stream_chunks=args.stream_chunks,
+        )
+    except ValueError as exc:
+        print(f"training-control emulator: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_level.upper(), "console")
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        print(f"training-control emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    print(f"W&B Training API emulator listening on {base_url_of(sock)}", flush=True)
+    # Returns after a graceful stop on Ctrl-C; on SIGTERM uvicorn shuts down, then re-raises it.
+    serve_forever(EmulatorState(config), sock, log_level=args.log_level)
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -157,7 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
         "emulator", help="run the W&B Training API emulator (development and tests only)"
     )
     emulator.add_argument("--host", default="127.0.0.1")
-    emulator.add_argument("--port", type=int, default=8900)
+    emulator.add_argument("--port", type=int, default=8900, help="0 picks a free port (the URL is printed)")
+    emulator.add_argument(
+        "--pace-s", type=float, default=0.0, help="seconds between a training job's events (0 = all at once)"
+    )
+    emulator.add_argument("--gradient-steps", type=int, default=2, help="gradient_step events per job")
+    emulator.add_argument(
+        "--api-key", default=None, help="accept only this Bearer key (default: any non-empty key)"
+    )
+    emulator.add_argument("--entity", default="emulator-entity", help="entity for models created without one")
+    emulator.add_argument("--stream-chunks", type=int, default=4, help="content pieces per streamed answer")
+    emulator.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     emulator.set_defaults(func=cmd_emulator)
 
     demo = sub.add_parser("demo", help="run the whole loop on SQLite and the emulator, no keys needed")
