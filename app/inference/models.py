@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from app.db import Base, JSONType, TimestampMixin
+from app.db import Base, JSONType, TimestampMixin, UTCDateTime
 
 
 class CapturedCompletion(TimestampMixin, Base):
@@ -31,3 +32,32 @@ class CapturedCompletion(TimestampMixin, Base):
     choice: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     latency_ms: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+
+
+class GatewayRequest(Base):
+    """One compact row per gateway request: who, which model, outcome, cost. Never the prompt.
+
+    Written in batches off the response path; indexed for "this key's requests over time" and
+    for the retention sweep (`created_at`).
+    """
+
+    __tablename__ = "gateway_requests"
+    __table_args__ = (sa.Index(None, "key_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), nullable=False, index=True)
+    request_id: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
+    key_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)  # None: rejected before auth
+    route: Mapped[str] = mapped_column(sa.String(32), nullable=False)  # chat.completions | models
+    model_requested: Mapped[str | None] = mapped_column(sa.String(500), nullable=True)
+    model_served: Mapped[str | None] = mapped_column(sa.String(500), nullable=True)
+    stream: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=False)
+    status_code: Mapped[int] = mapped_column(sa.SmallInteger, nullable=False)
+    error_code: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    latency_ms: Mapped[float] = mapped_column(sa.Float, nullable=False)
+    overhead_ms: Mapped[float] = mapped_column(sa.Float, nullable=False)
+    prompt_tokens: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    trajectory_id: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)

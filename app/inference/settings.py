@@ -4,10 +4,37 @@ from pydantic import BaseModel, Field
 
 
 class InferenceSettings(BaseModel):
-    connect_timeout_s: float = Field(5.0, gt=0)
-    read_timeout_s: float = Field(600.0, gt=0)
-    max_connections: int = Field(512, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0, description="time to open a TCP/TLS connection upstream")
+    read_timeout_s: float = Field(
+        600.0, gt=0, description="longest wait for the upstream's headers or its next body bytes"
+    )
+    max_connections: int = Field(512, gt=0, description="open upstream connections per process")
+    pool_timeout_s: float = Field(30.0, gt=0, description="longest wait for a free upstream connection")
+    keepalive_expiry_s: float = Field(
+        4.0, gt=0, description="idle upstream connections are closed after this (below common server limits)"
+    )
+    resolve_cache_ttl_s: float = Field(
+        1.0,
+        ge=0,
+        description="how long a model-name resolution is reused; alias moves made in another process "
+        "take effect within this time (0 resolves every request)",
+    )
+    capture_token_ids: bool = Field(
+        True,
+        description="ask upstream for `return_tokens_as_token_ids` on captured requests whose caller did "
+        "not ask for logprobs, so stored tokens are exact ids (`token_id:<n>`)",
+    )
     capture_buffer_size: int = Field(10_000, gt=0, description="pending captures/log rows before overflow")
     flush_interval_s: float = Field(0.5, gt=0)
+    flush_batch_size: int = Field(500, gt=0, description="rows per INSERT of the background writer")
+    request_log: bool = Field(True, description="write one compact row per gateway request")
     request_log_retention_days: int = Field(30, ge=0, description="0 keeps the request log forever")
-    fallback_to_base_model: bool = False
+    retention_interval_s: float = Field(
+        3600.0, gt=0, description="how often old request-log rows are deleted"
+    )
+    retention_batch_size: int = Field(5000, gt=0, description="rows per DELETE of the retention sweep")
+    fallback_to_base_model: bool = Field(
+        False,
+        description="serve a model's base model when the requested checkpoint is gone upstream "
+        "(each served model can also opt in with fallback_to_base)",
+    )
