@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from app.config import ConfigError, Settings, load_settings
+from app.config import NO_API_KEY_MESSAGE, ConfigError, Settings, load_settings
 from app.logs import configure_logging
 
 
@@ -18,34 +18,36 @@ def _settings() -> Settings:
         raise SystemExit(f"training-control: {exc}") from None
 
 
+def _migrate(settings: Settings, revision: str = "head") -> None:
+    from app import migrations
+
+    migrations.upgrade(settings.database_url, revision, lock_timeout_s=settings.db.migrate_lock_timeout_s)
+
+
+async def _active_key_count(settings: Settings) -> int:
+    from app.db import create_engine, create_sessionmaker
+    from app.keys.service import count_active_keys
+
+    engine = create_engine(settings, pool=False)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            return await count_active_keys(session)
+    finally:
+        await engine.dispose()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
+    if settings.migrate_on_start:
+        _migrate(settings)
     if settings.environment != "development" and not settings.api_keys:
-        # Stored keys are checked in the lifespan; this catches the common case with one clear line.
-        from app.keys.service import list_keys
-
-        async def _has_stored_keys() -> bool:
-            from app import migrations
-            from app.db import create_engine, create_sessionmaker
-
-            if settings.migrate_on_start:
-                await asyncio.to_thread(migrations.upgrade, settings.database_url)
-            engine = create_engine(settings)
-            try:
-                async with create_sessionmaker(engine)() as session:
-                    return any(k.revoked_at is None for k in await list_keys(session))
-            finally:
-                await engine.dispose()
-
-        if not asyncio.run(_has_stored_keys()):
-            print(
-                "training-control: no API key configured: set API_KEYS, create one with "
-                "`training-control keys create NAME`, or set ENVIRONMENT=development",
-                file=sys.stderr,
-            )
+        # The lifespan refuses too; checking here gives one clear line instead of uvicorn's
+        # "Application startup failed" with a traceback.
+        if asyncio.run(_active_key_count(settings)) == 0:
+            print(f"training-control: {NO_API_KEY_MESSAGE}", file=sys.stderr)
             return 2
     uvicorn.run(
         "app.main:app",
@@ -60,18 +62,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    print("training-control worker: not available yet (the job worker is being built)", file=sys.stderr)
-    return 2
-
-
-def cmd_migrate(args: argparse.Namespace) -> int:
-    from app import migrations
+    from app.training.standalone import run_worker
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
-    migrations.upgrade(
-        settings.database_url, args.revision, lock_timeout_s=settings.db.migrate_lock_timeout_s
-    )
+    return asyncio.run(run_worker(settings))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    _migrate(settings, args.revision)
     print(f"database at {args.revision}")
     return 0
 
@@ -112,7 +113,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from app import migrations
     from app.db import create_engine, create_sessionmaker
     from app.errors import NotFound
     from app.keys import service
@@ -122,8 +122,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         if settings.migrate_on_start:
-            await asyncio.to_thread(migrations.upgrade, settings.database_url)
-        engine = create_engine(settings)
+            await asyncio.to_thread(_migrate, settings)
+        engine = create_engine(settings, pool=False)
         try:
             async with create_sessionmaker(engine)() as session:
                 if args.keys_command == "create":
@@ -209,15 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    from alembic.util import CommandError
     from sqlalchemy.exc import DBAPIError, OperationalError
 
-    args = build_parser().parse_args(argv)
+    from app.migrations import MigrationLockTimeout
+
     try:
         code: int = args.func(args)
     except (OperationalError, DBAPIError, OSError) as exc:
         # One readable line for an unreachable database, not a driver traceback.
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         print(f"training-control: database error: {reason}", file=sys.stderr)
+        return 1
+    except (CommandError, MigrationLockTimeout) as exc:
+        print(f"training-control: migration failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

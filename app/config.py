@@ -154,6 +154,12 @@ def redact_url(url: str) -> str:
         return "<unparseable URL>"
 
 
+NO_API_KEY_MESSAGE = (
+    "no API key configured: set API_KEYS, create one with `training-control keys create NAME`, "
+    "or set ENVIRONMENT=development"
+)
+
+
 class ConfigError(Exception):
     """Settings could not be read; the message is one readable line per problem."""
 

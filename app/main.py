@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 
 from app import migrations
 from app.auth import require_api_key
-from app.config import ConfigError, Settings, load_settings
+from app.config import NO_API_KEY_MESSAGE, ConfigError, Settings, load_settings
 from app.datasets.router import router as datasets_router
 from app.db import create_engine, create_sessionmaker
 from app.errors import error_responses, install_error_handlers
@@ -24,8 +23,7 @@ from app.health.router import router as health_router
 from app.inference import lifecycle as inference_lifecycle
 from app.inference.router import router as inference_router
 from app.jobs.router import router as jobs_router
-from app.keys.models import ApiKey
-from app.keys.service import Authenticator
+from app.keys.service import Authenticator, count_active_keys
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware
 from app.scoring.router import router as scoring_router
@@ -50,14 +48,16 @@ def _operation_id(route: APIRoute) -> str:
     return f"{tag}-{route.name}"
 
 
-async def _count_active_keys(app: FastAPI) -> int:
+async def _refuse_without_keys(app: FastAPI) -> None:
+    """An API nobody can call, or (worse) a misconfigured one, must not start silently."""
+    settings: Settings = app.state.settings
+    if settings.environment == "development" or settings.api_keys:
+        return
     async with app.state.sessionmaker() as session:
-        return int(
-            await session.scalar(
-                sa.select(sa.func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
-            )
-            or 0
-        )
+        active = await count_active_keys(session)
+    if active == 0:
+        logger.error("service.refused reason=no_api_key")
+        raise ConfigError(NO_API_KEY_MESSAGE)
 
 
 @asynccontextmanager
@@ -71,18 +71,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.authenticator = Authenticator(
-        [k.get_secret_value() for k in settings.api_keys], app.state.sessionmaker
+        [k.get_secret_value() for k in settings.api_keys],
+        app.state.sessionmaker,
+        ttl_s=settings.auth.key_cache_ttl_s,
     )
     try:
-        if (
-            settings.environment != "development"
-            and not settings.api_keys
-            and await _count_active_keys(app) == 0
-        ):
-            raise ConfigError(
-                "no API key configured: set API_KEYS, create one with `training-control keys create NAME`, "
-                "or set ENVIRONMENT=development"
-            )
+        await _refuse_without_keys(app)
+    except BaseException:
+        await engine.dispose()
+        raise
+    try:
         await inference_lifecycle.startup(app)
         await worker_lifecycle.startup(app)
         logger.info("service.started database=%s", engine.url.get_backend_name())
@@ -101,6 +99,9 @@ def create_app(settings: Settings) -> FastAPI:
         description=DESCRIPTION,
         lifespan=_lifespan,
         generate_unique_id_function=_operation_id,
+        # Public: /docs and /openapi.json only (contract); ReDoc would be a third docs route.
+        redoc_url=None,
+        responses=error_responses(500),
     )
     app.state.settings = settings
     app.state.engine = None
@@ -111,7 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     protected: dict[str, Any] = {
         "dependencies": [Depends(require_api_key)],
-        "responses": error_responses(400, 401, 413, 422),
+        "responses": error_responses(400, 401, 413, 415, 422),
     }
     app.include_router(health_router)
     app.include_router(files_router, **protected)

@@ -42,6 +42,10 @@ os.environ.pop("WANDB_API_KEY", None)
 TEST_API_KEY = "test-key-" + "x" * 24
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = [b.strip() for b in os.environ.get("TEST_BACKENDS", "sqlite,postgres").split(",") if b.strip()]
+if not BACKENDS or set(BACKENDS) - {"sqlite", "postgres"}:
+    raise pytest.UsageError(f"TEST_BACKENDS must list sqlite and/or postgres, got {BACKENDS!r}")
+# In CI a missing Postgres is a failure, never a silent skip.
+IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _pg_reachable() -> bool:
@@ -92,7 +96,7 @@ def drop_pg_database(url: str) -> None:
 def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     if name == "postgres" and not _pg_reachable():
-        if os.environ.get("CI"):
+        if IN_CI:
             pytest.fail(f"Postgres is not reachable at {PG_ADMIN_URL}; .ci/run should have started it")
         pytest.skip(f"Postgres is not reachable at {PG_ADMIN_URL}")
     return name

@@ -25,8 +25,8 @@ class Metrics:
         )
         self.http_latency = Histogram(
             "http_request_duration_seconds",
-            "HTTP request latency by route template and method.",
-            ["route", "method"],
+            "HTTP request latency by route template, method and status.",
+            ["route", "method", "status"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -39,7 +39,7 @@ class Metrics:
         if children is None:
             children = (
                 self.http_requests.labels(route, method, str(status)),
-                self.http_latency.labels(route, method),
+                self.http_latency.labels(route, method, str(status)),
             )
             self._children[key] = children
         children[0].inc()

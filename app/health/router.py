@@ -30,7 +30,11 @@ async def _database_ok(request: Request) -> bool:
         return False
 
 
-@router.get("/health", summary="Babylon health check")
+@router.get(
+    "/health",
+    summary="Babylon health check",
+    responses={503: {"description": "The database is unreachable (same shape, status `unhealthy`)"}},
+)
 async def health(request: Request) -> JSONResponse:
     """The shape the game's old Python worker answered: 503 when the database is unreachable."""
     ok = await _database_ok(request)
@@ -49,7 +53,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness")
+@router.get(
+    "/readyz",
+    summary="Readiness",
+    responses={503: {"description": "Database unreachable or migrations not at head (`checks` says which)"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the database answers and its schema is at the newest migration."""
     checks: dict[str, str] = {}

@@ -58,6 +58,13 @@ async def revoke_key(session: AsyncSession, key_id_or_name: str) -> list[ApiKey]
     return list(rows)
 
 
+async def count_active_keys(session: AsyncSession) -> int:
+    count = await session.scalar(
+        sa.select(sa.func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
+    )
+    return int(count or 0)
+
+
 async def list_keys(session: AsyncSession) -> list[ApiKey]:
     return list((await session.scalars(sa.select(ApiKey).order_by(ApiKey.created_at))).all())
 
