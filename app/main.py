@@ -23,6 +23,7 @@ from app.health.router import router as health_router
 from app.inference import lifecycle as inference_lifecycle
 from app.inference.router import router as inference_router
 from app.jobs.router import router as jobs_router
+from app.jobs.train_router import router as train_router
 from app.keys.service import Authenticator, count_active_keys
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware
@@ -120,6 +121,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(scoring_router, **protected)
     app.include_router(datasets_router, **protected)
     app.include_router(jobs_router, **protected)
+    app.include_router(train_router, **protected)
     app.include_router(inference_router, **protected)
     app.add_middleware(
         RequestContextMiddleware,

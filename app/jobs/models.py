@@ -1,1 +1,160 @@
-"""Tables of the jobs feature (filled in by its implementation)."""
+"""Fine-tuning jobs, their steps, events and webhook deliveries.
+
+The database is the system of record for training (W&B's API has no job list, status or
+idempotency): a job's state, each step's remote id and its last seen event id are written
+before and after every remote call, so a restarted worker resumes instead of re-posting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, JSONType, TimestampMixin, UTCDateTime, utcnow
+
+# Job statuses (OpenAI's names). Strings, not a native enum: adding one needs no ALTER TYPE.
+VALIDATING = "validating_files"
+QUEUED = "queued"
+RUNNING = "running"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+CANCELLED = "cancelled"
+ACTIVE_STATUSES = (VALIDATING, QUEUED, RUNNING)
+TERMINAL_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
+
+# Step statuses. `submitting` is written before the POST: finding it after a crash means the
+# POST's outcome is unknown and must be resolved from the model's checkpoints.
+STEP_PENDING = "pending"
+STEP_SUBMITTING = "submitting"
+STEP_UNKNOWN = "unknown"
+STEP_SUBMITTED = "submitted"
+STEP_SUCCEEDED = "succeeded"
+STEP_FAILED = "failed"
+
+
+class FineTuningJob(TimestampMixin, Base):
+    __tablename__ = "fine_tuning_jobs"
+    __table_args__ = (
+        sa.Index("ix_fine_tuning_jobs_status_created_at", "status", "created_at"),
+        sa.Index("ix_fine_tuning_jobs_created_at_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # ftjob-…
+    status: Mapped[str] = mapped_column(sa.String(20), nullable=False)
+    base_model: Mapped[str] = mapped_column(sa.String(200), nullable=False)
+    training_file: Mapped[str] = mapped_column(sa.String(64), nullable=False)  # as given: file or dataset id
+    dataset_id: Mapped[str] = mapped_column(sa.String(40), nullable=False, index=True)
+    suffix: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    seed: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
+    job_metadata: Mapped[dict[str, str] | None] = mapped_column("metadata", JSONType, nullable=True)
+    # the resolved hyperparameters (every field, defaults filled in)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    # the W&B model line (ART TrainableModel) this job trains
+    model_name: Mapped[str] = mapped_column(sa.String(200), nullable=False)
+    project: Mapped[str] = mapped_column(sa.String(200), nullable=False)
+    entity: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)  # known after register
+    served_model_id: Mapped[str | None] = mapped_column(
+        sa.String(40), sa.ForeignKey("served_models.id", ondelete="SET NULL"), nullable=True
+    )
+    fine_tuned_model: Mapped[str | None] = mapped_column(sa.String(500), nullable=True)
+    total_steps: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    completed_steps: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
+    trained_tokens: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)  # {code, message, param}
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(255), nullable=True, unique=True)
+    request_fingerprint: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    webhook_urls: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
+    # the game's training_batches row this job trains (POST /train, watch mode); one job per batch
+    babylon_batch_id: Mapped[str | None] = mapped_column(sa.String(200), nullable=True, unique=True)
+    # null | pending | done | failed: the write-back to the game after the last step
+    handoff_status: Mapped[str | None] = mapped_column(sa.String(16), nullable=True)
+    cancel_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # claiming: the worker holding the job and until when (renewed by heartbeats)
+    worker_id: Mapped[str | None] = mapped_column(sa.String(100), nullable=True)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    attempts: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        UTCDateTime(), nullable=False, default=utcnow, onupdate=utcnow
+    )
+
+
+class JobStep(Base):
+    """One training step: one batch of groups, one POST /preview/training-jobs, one checkpoint."""
+
+    __tablename__ = "fine_tuning_job_steps"
+    __table_args__ = (sa.UniqueConstraint("job_id", "number"),)
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    job_id: Mapped[str] = mapped_column(
+        sa.String(40), sa.ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    number: Mapped[int] = mapped_column(sa.Integer, nullable=False)  # 1-based
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False)
+    epoch: Mapped[int] = mapped_column(sa.Integer, nullable=False)  # 1-based
+    group_positions: Mapped[list[int]] = mapped_column(JSONType, nullable=False)  # dataset group positions
+    # the model's newest checkpoint step before the POST: a checkpoint beyond it means the step ran
+    base_step: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    remote_job_id: Mapped[str | None] = mapped_column(sa.String(100), nullable=True)
+    last_event_id: Mapped[str | None] = mapped_column(sa.String(100), nullable=True)
+    num_sequences: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    gradient_steps: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
+    # running sums of gradient_step metrics, so a resumed step keeps what it already saw
+    metric_sums: Mapped[dict[str, float]] = mapped_column(JSONType, nullable=False, default=dict)
+    checkpoint_step: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    submit_started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    submitted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_event_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class JobEvent(Base):
+    """`fine_tuning.job.event`: a transition (type message) or a gradient step (type metrics)."""
+
+    __tablename__ = "fine_tuning_job_events"
+    __table_args__ = (sa.Index("ix_fine_tuning_job_events_job_id_seq", "job_id", "seq"),)
+
+    # insertion order; the cursor of list_events
+    seq: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    id: Mapped[str] = mapped_column(sa.String(40), nullable=False, unique=True)  # ftevent-…
+    job_id: Mapped[str] = mapped_column(
+        sa.String(40), sa.ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    level: Mapped[str] = mapped_column(sa.String(8), nullable=False)  # info | warn | error
+    type: Mapped[str] = mapped_column(sa.String(16), nullable=False)  # message | metrics
+    message: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+
+class WebhookDelivery(TimestampMixin, Base):
+    """One notification to one URL; retried with backoff until delivered or out of attempts."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (sa.Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),)
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # whd-…
+    # Standard Webhooks `webhook-id`: the same for every retry, so receivers can deduplicate
+    message_id: Mapped[str] = mapped_column(sa.String(40), nullable=False)
+    job_id: Mapped[str] = mapped_column(
+        sa.String(40), sa.ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    event_type: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    url: Mapped[str] = mapped_column(sa.String(2000), nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False)  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -1,3 +1,151 @@
-from fastapi import APIRouter
+"""`/v1/fine_tuning/jobs…`: OpenAI's fine-tuning routes (the official SDK is the reference client)."""
 
-router = APIRouter()
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from sqlalchemy.exc import IntegrityError
+
+from app.deps import SessionDep, SettingsDep
+from app.errors import BadRequest, error_responses
+from app.jobs import service
+from app.jobs.schemas import (
+    CheckpointList,
+    CreateJobRequest,
+    EventList,
+    JobList,
+    JobObject,
+    checkpoint_object,
+    event_object,
+    job_object,
+)
+
+router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"])
+
+METADATA_FILTER = re.compile(r"^metadata\[(.+)\]$")
+Limit = Annotated[int, Query(ge=1, le=100)]
+
+
+def wake_worker(request: Request) -> None:
+    worker = getattr(request.app.state, "worker", None)
+    if worker is not None:
+        worker.wake()
+
+
+@router.post("/jobs", response_model=JobObject, responses=error_responses(400, 404, 409))
+async def create_job(
+    body: CreateJobRequest,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JobObject:
+    """Validate the training data and queue a reinforcement fine-tuning job on W&B Serverless RL.
+
+    The same `Idempotency-Key` returns the same job, never a second one."""
+    try:
+        job = await service.create_job(session, settings, body, idempotency_key=idempotency_key)
+        await session.commit()
+    except IntegrityError:
+        # A concurrent request with the same key committed first: answer with its job.
+        await session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = await service.find_by_idempotency_key(session, idempotency_key, body)
+        if existing is None:
+            raise
+        job = existing
+    wake_worker(request)
+    return job_object(job)
+
+
+@router.get("/jobs", response_model=JobList, responses=error_responses(400))
+async def list_jobs(
+    request: Request, session: SessionDep, after: str | None = None, limit: Limit = 20
+) -> JobList:
+    """Newest first, cursor pages (`after` = last id seen). Filter with `metadata[key]=value`
+    (several allowed), or `metadata=null` for jobs without metadata."""
+    filters: dict[str, str] = {}
+    metadata_null = False
+    for key, value in request.query_params.multi_items():
+        match = METADATA_FILTER.match(key)
+        if match:
+            filters[match.group(1)] = value
+        elif key == "metadata":
+            if value != "null":
+                raise BadRequest("metadata: use metadata[key]=value or metadata=null", param="metadata")
+            metadata_null = True
+    jobs, has_more = await service.list_jobs(
+        session, after=after, limit=limit, metadata=filters, metadata_null=metadata_null
+    )
+    data = [job_object(j) for j in jobs]
+    return JobList(
+        data=data,
+        has_more=has_more,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+    )
+
+
+@router.get("/jobs/{fine_tuning_job_id}", response_model=JobObject, responses=error_responses(404))
+async def retrieve_job(fine_tuning_job_id: str, session: SessionDep) -> JobObject:
+    return job_object(await service.get_job(session, fine_tuning_job_id))
+
+
+@router.post(
+    "/jobs/{fine_tuning_job_id}/cancel", response_model=JobObject, responses=error_responses(404, 409)
+)
+async def cancel_job(
+    fine_tuning_job_id: str, request: Request, session: SessionDep, settings: SettingsDep
+) -> JobObject:
+    """A queued job is cancelled at once; a running one at its next safe point (W&B has no
+    cancel endpoint, so a step already sent finishes and its checkpoint is kept)."""
+    job = await service.cancel_job(session, settings, fine_tuning_job_id)
+    await session.commit()
+    wake_worker(request)
+    return job_object(job)
+
+
+@router.get(
+    "/jobs/{fine_tuning_job_id}/events", response_model=EventList, responses=error_responses(400, 404)
+)
+async def list_events(
+    fine_tuning_job_id: str, session: SessionDep, after: str | None = None, limit: Limit = 20
+) -> EventList:
+    """Newest first: every state change (type `message`) and every gradient step (type `metrics`)."""
+    events, has_more = await service.list_events(session, fine_tuning_job_id, after=after, limit=limit)
+    data = [event_object(e) for e in events]
+    return EventList(
+        data=data,
+        has_more=has_more,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+    )
+
+
+@router.get(
+    "/jobs/{fine_tuning_job_id}/checkpoints",
+    response_model=CheckpointList,
+    responses=error_responses(400, 404),
+)
+async def list_checkpoints(
+    fine_tuning_job_id: str,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Limit = 10,
+    include_deleted: bool = False,
+) -> CheckpointList:
+    """Newest first. `fine_tuned_model_checkpoint` is the exact model name the gateway serves.
+    Checkpoints removed by retention are listed only with `include_deleted=true`."""
+    ckpts, has_more = await service.list_checkpoints(
+        session, fine_tuning_job_id, after=after, limit=limit, include_deleted=include_deleted
+    )
+    data = [checkpoint_object(c, fine_tuning_job_id) for c in ckpts]
+    return CheckpointList(
+        data=data,
+        has_more=has_more,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+    )

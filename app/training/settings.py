@@ -1,6 +1,8 @@
 """Settings of the job worker and the ART/W&B adapter (env: WORKER__*, TRAINING__*)."""
 
-from pydantic import BaseModel, Field
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 # The base models W&B Serverless RL lists (art-serverless.md §6.3).
 DEFAULT_ALLOWED_BASE_MODELS = [
@@ -18,6 +20,27 @@ class WorkerSettings(BaseModel):
     event_poll_interval_s: float = Field(1.0, gt=0, description="how often remote training events are polled")
     step_watchdog_s: float = Field(3600.0, gt=0, description="fail a step that shows no event for this long")
     remote_timeout_s: float = Field(60.0, gt=0, description="timeout of one call to the W&B API")
+    max_concurrent_jobs: int = Field(4, ge=1, description="jobs one worker runs at the same time")
+    submit_resolution_s: float = Field(
+        900.0,
+        gt=0,
+        description="after a POST whose outcome is unknown, how long to look for its checkpoint before failing",
+    )
+    checkpoint_wait_s: float = Field(
+        60.0, gt=0, description="after training_ended, how long to wait for the new checkpoint to be listed"
+    )
+    rate_limit_retries: int = Field(
+        5, ge=0, description="retries of a training POST that W&B refused with 429 (never accepted)"
+    )
+    shutdown_grace_s: float = Field(
+        15.0, ge=0, description="on shutdown, how long an in-flight training POST may take to finish"
+    )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> "WorkerSettings":
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError("heartbeat_s must be shorter than lease_s, or leases expire while jobs run")
+        return self
 
 
 class TrainingSettings(BaseModel):
@@ -25,5 +48,33 @@ class TrainingSettings(BaseModel):
     default_base_model: str = "OpenPipe/Qwen3-14B-Instruct"
     keep_last_checkpoints: int = Field(2, ge=0, description="checkpoints kept besides latest and best")
     best_metric: str = "reward_mean"
+    best_metric_mode: Literal["max", "min"] = "max"
     webhook_urls: list[str] = Field(default_factory=list)
-    webhook_secret: str | None = None
+    # Standard Webhooks secret (`whsec_<base64>`, or any string used as raw bytes)
+    webhook_secret: SecretStr | None = None
+    webhook_max_attempts: int = Field(6, ge=1)
+    webhook_backoff_s: float = Field(2.0, gt=0, description="first retry delay; doubles per attempt")
+    webhook_timeout_s: float = Field(10.0, gt=0)
+    # POST /train without batchId: how many of the newest windows with unused trajectories to train
+    train_recent_windows: int = Field(1, ge=1)
+
+    @field_validator("webhook_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _check_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"webhook URL {url!r} must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _secret_for_webhooks(self) -> "TrainingSettings":
+        if self.webhook_urls and self.webhook_secret is None:
+            raise ValueError("webhook_urls need webhook_secret (TRAINING__WEBHOOK_SECRET) to sign deliveries")
+        return self

@@ -1,0 +1,449 @@
+"""Fine-tuning jobs: create (validated, idempotent), read, list, cancel. Functions flush, never commit."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.datasets.models import Dataset
+from app.db import utcnow
+from app.errors import BadRequest, Conflict, NotFound
+from app.ids import new_id
+from app.jobs import webhooks
+from app.jobs.events import add_event
+from app.jobs.hyperparameters import Hyperparameters, resolve_hyperparameters
+from app.jobs.models import (
+    CANCELLED,
+    QUEUED,
+    TERMINAL_STATUSES,
+    VALIDATING,
+    FineTuningJob,
+    JobEvent,
+)
+from app.jobs.schemas import CreateJobRequest
+from app.jobs.states import transition
+from app.registry.models import Checkpoint, ServedModel
+
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+METADATA_MAX_PAIRS, METADATA_MAX_KEY, METADATA_MAX_VALUE = 16, 64, 512
+IDEMPOTENCY_KEY_MAX = 255
+
+NO_TRAINABLE_DATA_HELP = (
+    "ART trains only assistant turns that were sampled with logprobs, and the game's recorded "
+    "trajectories carry none. Route your agents' chat calls through this service's "
+    "/v1/chat/completions with metadata.trajectory_id (and metadata.agent_id) set: the gateway "
+    "asks upstream for logprobs and stores each sampled choice, and datasets built afterwards "
+    "contain trainable turns."
+)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    number: int  # 1-based
+    epoch: int  # 1-based
+    group_positions: list[int]
+
+
+def steps_per_epoch(group_count: int, hp: Hyperparameters) -> int:
+    return math.ceil(group_count / hp.groups_per_step) if group_count > 0 else 0
+
+
+def total_steps(group_count: int, hp: Hyperparameters) -> int:
+    total = steps_per_epoch(group_count, hp) * hp.n_epochs
+    return min(total, hp.max_steps) if hp.max_steps is not None else total
+
+
+def plan_step(number: int, group_count: int, hp: Hyperparameters, seed: int) -> StepPlan:
+    """The groups of step `number`: each epoch is a seeded shuffle of the dataset cut into batches."""
+    per_epoch = steps_per_epoch(group_count, hp)
+    epoch, index = divmod(number - 1, per_epoch)
+    order = list(range(group_count))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    start = index * hp.groups_per_step
+    return StepPlan(number=number, epoch=epoch + 1, group_positions=order[start : start + hp.groups_per_step])
+
+
+def default_model_name(job_id: str) -> str:
+    return "ft-" + job_id.removeprefix("ftjob-")
+
+
+async def resolve_dataset(session: AsyncSession, training_file: str) -> Dataset:
+    """The dataset behind `training_file` (a dataset id, or a file the pipeline turned into one)."""
+    try:
+        from app.datasets.service import resolve_training_file
+    except ImportError:  # the pipeline's service is not there yet: datasets by id only
+        dataset = await session.get(Dataset, training_file)
+        if dataset is None:
+            raise NotFound(
+                f"training file {training_file!r} does not exist",
+                param="training_file",
+                code="file_not_found",
+            ) from None
+        return dataset
+    resolved: Dataset = await resolve_training_file(session, training_file)
+    return resolved
+
+
+def check_dataset_trainable(dataset: Dataset, training_file: str) -> None:
+    """Raise BadRequest unless the dataset is built and has something ART can train."""
+    if dataset.status == "failed":
+        reason = (dataset.error or {}).get("message", "unknown reason")
+        raise BadRequest(
+            f"training file {training_file} failed to build: {reason}",
+            param="training_file",
+            code="training_file_failed",
+        )
+    if dataset.status != "ready":
+        raise BadRequest(
+            f"training file {training_file} is not ready yet (status {dataset.status}); "
+            "retry when it is ready",
+            param="training_file",
+            code="training_file_not_ready",
+        )
+    if dataset.group_count == 0 or dataset.trainable_turns == 0:
+        what = "no groups" if dataset.group_count == 0 else "no trainable turns"
+        raise BadRequest(
+            f"training file {training_file} has {what} ({dataset.group_count} groups, "
+            f"{dataset.trainable_turns} trainable turns). {NO_TRAINABLE_DATA_HELP}",
+            param="training_file",
+            code="no_trainable_data",
+        )
+
+
+def _check_suffix(suffix: str | None) -> None:
+    if suffix is not None and not MODEL_NAME_PATTERN.match(suffix):
+        raise BadRequest(
+            "suffix must be 1-64 characters of letters, digits, '_', '-' or '.', starting with a letter or digit",
+            param="suffix",
+            code="invalid_suffix",
+        )
+
+
+def _check_metadata(metadata: object) -> dict[str, str] | None:
+    if metadata is None or metadata == {}:
+        return None
+    if not isinstance(metadata, dict):
+        raise BadRequest(
+            "metadata must be an object of string pairs", param="metadata", code="invalid_metadata"
+        )
+    if len(metadata) > METADATA_MAX_PAIRS:
+        raise BadRequest(
+            f"metadata has {len(metadata)} pairs; at most {METADATA_MAX_PAIRS} are allowed",
+            param="metadata",
+            code="invalid_metadata",
+        )
+    for key, value in metadata.items():
+        if len(key) > METADATA_MAX_KEY:
+            raise BadRequest(
+                f"metadata key {key[:20]!r}… is longer than {METADATA_MAX_KEY} characters",
+                param=f"metadata.{key}",
+                code="invalid_metadata",
+            )
+        if not isinstance(value, str) or len(value) > METADATA_MAX_VALUE:
+            raise BadRequest(
+                f"metadata.{key} must be a string of at most {METADATA_MAX_VALUE} characters",
+                param=f"metadata.{key}",
+                code="invalid_metadata",
+            )
+    return dict(metadata)
+
+
+def _check_seed(seed: int | None) -> int:
+    if seed is None:
+        return secrets.randbelow(2**31)
+    if not 0 <= seed < 2**63:
+        raise BadRequest("seed must be a non-negative 64-bit integer", param="seed", code="invalid_seed")
+    return seed
+
+
+def _job_webhook_urls(
+    request: CreateJobRequest, metadata: dict[str, str] | None, settings: Settings
+) -> list[str]:
+    urls: list[str] = []
+    for url, param in (
+        (request.webhook_url, "webhook_url"),
+        ((metadata or {}).get("webhook_url"), "metadata.webhook_url"),
+    ):
+        if url is None:
+            continue
+        if not url.startswith(("http://", "https://")) or len(url) > 2000:
+            raise BadRequest(f"{param} must be an http(s) URL", param=param, code="invalid_webhook_url")
+        if settings.training.webhook_secret is None:
+            raise BadRequest(
+                "webhooks need a signing secret on the server (TRAINING__WEBHOOK_SECRET)",
+                param=param,
+                code="webhooks_not_configured",
+            )
+        if url not in urls:
+            urls.append(url)
+    return urls
+
+
+def fingerprint(request: CreateJobRequest) -> str:
+    """What an Idempotency-Key is bound to: the same key with another body is a client bug."""
+    body = request.model_dump(mode="json")
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+async def find_by_idempotency_key(
+    session: AsyncSession, key: str, request: CreateJobRequest
+) -> FineTuningJob | None:
+    job = await session.scalar(sa.select(FineTuningJob).where(FineTuningJob.idempotency_key == key))
+    if job is not None and job.request_fingerprint not in (None, fingerprint(request)):
+        raise Conflict(
+            "this Idempotency-Key was already used with a different request body",
+            param="Idempotency-Key",
+            code="idempotency_key_reused",
+        )
+    return job
+
+
+async def _check_model_line(session: AsyncSession, settings: Settings, name: str, base_model: str) -> None:
+    query = sa.select(ServedModel).where(
+        ServedModel.project == settings.wandb_project, ServedModel.name == name
+    )
+    if settings.wandb_entity:
+        query = query.where(ServedModel.entity == settings.wandb_entity)
+    for line in (await session.scalars(query)).all():
+        if line.base_model != base_model:
+            raise BadRequest(
+                f"model line {name!r} is trained from {line.base_model}, not {base_model}; "
+                "use another suffix to start a new line",
+                param="suffix",
+                code="base_model_mismatch",
+            )
+
+
+async def create_job(
+    session: AsyncSession,
+    settings: Settings,
+    request: CreateJobRequest,
+    *,
+    idempotency_key: str | None = None,
+) -> FineTuningJob:
+    """Validate and queue a job. With an idempotency key already used, return that job instead."""
+    if idempotency_key is not None:
+        if not 0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX:
+            raise BadRequest(
+                f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX} characters",
+                param="Idempotency-Key",
+                code="invalid_idempotency_key",
+            )
+        existing = await find_by_idempotency_key(session, idempotency_key, request)
+        if existing is not None:
+            return existing
+    if request.model not in settings.training.allowed_base_models:
+        raise BadRequest(
+            f"base model {request.model!r} is not available for training; choose one of: "
+            + ", ".join(settings.training.allowed_base_models),
+            param="model",
+            code="model_not_available",
+        )
+    if request.validation_file is not None:
+        raise BadRequest(
+            "validation_file is not supported: W&B Serverless RL trains on groups only",
+            param="validation_file",
+            code="unsupported_parameter",
+        )
+    _check_suffix(request.suffix)
+    metadata = _check_metadata(request.metadata)
+    hp = resolve_hyperparameters(request.hyperparameters, request.method)
+    seed = _check_seed(request.seed)
+    urls = _job_webhook_urls(request, metadata, settings)
+
+    dataset = await resolve_dataset(session, request.training_file)
+    check_dataset_trainable(dataset, request.training_file)
+
+    job_id = new_id("ftjob")
+    model_name = request.suffix or default_model_name(job_id)
+    await _check_model_line(session, settings, model_name, request.model)
+    steps = total_steps(dataset.group_count, hp)
+    job = FineTuningJob(
+        id=job_id,
+        status=QUEUED,
+        base_model=request.model,
+        training_file=request.training_file,
+        dataset_id=dataset.id,
+        suffix=request.suffix,
+        seed=seed,
+        job_metadata=metadata,
+        hyperparameters=hp.model_dump(mode="json"),
+        model_name=model_name,
+        project=settings.wandb_project,
+        entity=settings.wandb_entity,
+        total_steps=steps,
+        completed_steps=0,
+        idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint(request) if idempotency_key else None,
+        webhook_urls=urls,
+        attempts=0,
+    )
+    session.add(job)
+    await session.flush()  # an idempotency-key race surfaces here as IntegrityError
+    add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+    add_event(
+        session,
+        job.id,
+        f"Validated training file {request.training_file}: {dataset.group_count} groups, "
+        f"{dataset.trajectory_count} trajectories, {dataset.trainable_turns} trainable turns",
+        data={
+            "dataset_id": dataset.id,
+            "groups": dataset.group_count,
+            "trainable_turns": dataset.trainable_turns,
+        },
+    )
+    add_event(
+        session,
+        job.id,
+        f"Job queued: {steps} training steps of up to {hp.groups_per_step} groups on model line "
+        f"{settings.wandb_project}/{model_name}",
+        data={"total_steps": steps, "model_name": model_name},
+    )
+    await session.flush()
+    return job
+
+
+async def get_job(session: AsyncSession, job_id: str, *, for_update: bool = False) -> FineTuningJob:
+    query = sa.select(FineTuningJob).where(FineTuningJob.id == job_id)
+    if for_update:
+        query = query.with_for_update()
+    job = await session.scalar(query)
+    if job is None:
+        raise NotFound(
+            f"fine-tuning job {job_id!r} does not exist", param="fine_tuning_job_id", code="job_not_found"
+        )
+    return job
+
+
+async def list_jobs(
+    session: AsyncSession,
+    *,
+    after: str | None,
+    limit: int,
+    metadata: dict[str, str] | None,
+    metadata_null: bool = False,
+) -> tuple[list[FineTuningJob], bool]:
+    """Newest first; `after` is the id of the last job of the previous page."""
+    query = sa.select(FineTuningJob)
+    if after is not None:
+        anchor = await session.get(FineTuningJob, after)
+        if anchor is None:
+            raise BadRequest(f"after: no job {after!r}", param="after", code="invalid_cursor")
+        query = query.where(
+            sa.or_(
+                FineTuningJob.created_at < anchor.created_at,
+                sa.and_(FineTuningJob.created_at == anchor.created_at, FineTuningJob.id < anchor.id),
+            )
+        )
+    if metadata_null:
+        # None is stored as JSON null (not SQL NULL) by the JSON type: accept both
+        query = query.where(
+            sa.or_(FineTuningJob.job_metadata.is_(None), sa.cast(FineTuningJob.job_metadata, sa.Text) == "null")
+        )
+    for key, value in (metadata or {}).items():
+        query = query.where(FineTuningJob.job_metadata[key].as_string() == value)
+    rows = list(
+        (
+            await session.scalars(
+                query.order_by(FineTuningJob.created_at.desc(), FineTuningJob.id.desc()).limit(limit + 1)
+            )
+        ).all()
+    )
+    return rows[:limit], len(rows) > limit
+
+
+async def list_events(
+    session: AsyncSession, job_id: str, *, after: str | None, limit: int
+) -> tuple[list[JobEvent], bool]:
+    """Newest first, as OpenAI lists them; `after` is the id of the last event seen."""
+    await get_job(session, job_id)
+    query = sa.select(JobEvent).where(JobEvent.job_id == job_id)
+    if after is not None:
+        anchor = await session.scalar(
+            sa.select(JobEvent).where(JobEvent.id == after, JobEvent.job_id == job_id)
+        )
+        if anchor is None:
+            raise BadRequest(f"after: no event {after!r} in this job", param="after", code="invalid_cursor")
+        query = query.where(JobEvent.seq < anchor.seq)
+    rows = list((await session.scalars(query.order_by(JobEvent.seq.desc()).limit(limit + 1))).all())
+    return rows[:limit], len(rows) > limit
+
+
+async def list_checkpoints(
+    session: AsyncSession, job_id: str, *, after: str | None, limit: int, include_deleted: bool = False
+) -> tuple[list[Checkpoint], bool]:
+    """The job's checkpoints, newest step first; deleted ones (retention) only when asked."""
+    await get_job(session, job_id)
+    query = sa.select(Checkpoint).where(Checkpoint.job_id == job_id)
+    if not include_deleted:
+        query = query.where(Checkpoint.deleted_at.is_(None))
+    if after is not None:
+        anchor = await session.scalar(
+            sa.select(Checkpoint).where(Checkpoint.id == after, Checkpoint.job_id == job_id)
+        )
+        if anchor is None:
+            raise BadRequest(
+                f"after: no checkpoint {after!r} in this job", param="after", code="invalid_cursor"
+            )
+        query = query.where(Checkpoint.step < anchor.step)
+    rows = list((await session.scalars(query.order_by(Checkpoint.step.desc()).limit(limit + 1))).all())
+    return rows[:limit], len(rows) > limit
+
+
+async def cancel_job(session: AsyncSession, settings: Settings, job_id: str) -> FineTuningJob:
+    """Queued → cancelled now; running → cancelled by its worker at the next safe point."""
+    job = await get_job(session, job_id, for_update=True)
+    if job.status == CANCELLED:
+        return job
+    if job.status in TERMINAL_STATUSES:
+        raise Conflict(
+            f"job {job.id} already {job.status}; it cannot be cancelled", code="job_not_cancellable"
+        )
+    if job.status in (VALIDATING, QUEUED) and job.worker_id is None:
+        await finish_job(session, settings, job, CANCELLED, message="Job cancelled before it started")
+        return job
+    if job.cancel_requested_at is None:
+        job.cancel_requested_at = utcnow()
+        add_event(
+            session,
+            job.id,
+            "Cancellation requested: the job stops at the next safe point (after the step in flight, if any)",
+        )
+    await session.flush()
+    return job
+
+
+async def finish_job(
+    session: AsyncSession,
+    settings: Settings,
+    job: FineTuningJob,
+    status: str,
+    *,
+    message: str,
+    error: dict[str, Any] | None = None,
+    level: str = "info",
+) -> None:
+    """Terminal transition + its event, webhook deliveries and pending game hand-off, in one flush."""
+    transition(job, status)
+    job.error = error
+    if job.babylon_batch_id is not None:
+        job.handoff_status = "pending"
+    add_event(
+        session,
+        job.id,
+        message,
+        level="error" if error else ("warn" if level == "warn" else "info"),
+        data=error,
+    )
+    webhooks.enqueue_job_notification(session, settings, job)
+    await session.flush()

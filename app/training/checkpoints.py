@@ -1,0 +1,88 @@
+"""Aliases that move as steps finish (`latest`, `best`) and the checkpoint retention policy.
+
+Retention keeps, per model line: the latest checkpoint, the best one by
+`TRAINING__BEST_METRIC`, the last `TRAINING__KEEP_LAST_CHECKPOINTS`, and anything an alias
+points to (e.g. an operator's `production`); the rest is deleted on W&B (~200 MB each) and
+marked deleted here. ART's own `delete_checkpoints` reads a local history file and in a
+stateless container keeps only the latest (art-serverless.md §7.7), so the policy lives here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import Settings
+from app.db import utcnow
+from app.registry.models import Checkpoint, ModelAlias, ServedModel
+from app.registry.service import set_alias
+
+
+def metric_value(ckpt: Checkpoint, metric: str) -> float | None:
+    value = (ckpt.metrics or {}).get(metric)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return None
+    return float(value)
+
+
+async def live_checkpoints(session: AsyncSession, model: ServedModel) -> list[Checkpoint]:
+    rows = await session.scalars(
+        sa.select(Checkpoint)
+        .where(Checkpoint.model_id == model.id, Checkpoint.deleted_at.is_(None))
+        .order_by(Checkpoint.step)
+    )
+    return list(rows.all())
+
+
+def pick_best(ckpts: list[Checkpoint], metric: str, mode: str) -> Checkpoint | None:
+    """Best by `metric` (ties: the later step); None when no checkpoint has the metric."""
+    scored = [(v, c.step, c) for c in ckpts if (v := metric_value(c, metric)) is not None]
+    if not scored:
+        return None
+    if mode == "min":
+        return min(scored, key=lambda t: (t[0], -t[1]))[2]
+    return max(scored, key=lambda t: (t[0], t[1]))[2]
+
+
+async def move_aliases(
+    session: AsyncSession, settings: Settings, model: ServedModel
+) -> dict[str, Checkpoint]:
+    """Point `latest` at the newest checkpoint and `best` at the best one (latest if none is scored)."""
+    ckpts = await live_checkpoints(session, model)
+    if not ckpts:
+        return {}
+    latest = ckpts[-1]
+    best = pick_best(ckpts, settings.training.best_metric, settings.training.best_metric_mode) or latest
+    await set_alias(session, model, "latest", latest)
+    await set_alias(session, model, "best", best)
+    return {"latest": latest, "best": best}
+
+
+async def retention_candidates(
+    session: AsyncSession, settings: Settings, model: ServedModel
+) -> list[Checkpoint]:
+    ckpts = await live_checkpoints(session, model)
+    if not ckpts:
+        return []
+    keep = {c.id for c in ckpts[-1 - settings.training.keep_last_checkpoints :]}  # latest + last K
+    best = pick_best(ckpts, settings.training.best_metric, settings.training.best_metric_mode)
+    if best is not None:
+        keep.add(best.id)
+    aliased = await session.scalars(
+        sa.select(ModelAlias.checkpoint_id).where(ModelAlias.model_id == model.id)
+    )
+    keep.update(aliased.all())
+    return [c for c in ckpts if c.id not in keep]
+
+
+async def mark_deleted(session: AsyncSession, model: ServedModel, steps: list[int]) -> None:
+    if not steps:
+        return
+    await session.execute(
+        sa.update(Checkpoint)
+        .where(Checkpoint.model_id == model.id, Checkpoint.step.in_(steps), Checkpoint.deleted_at.is_(None))
+        .values(deleted_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
