@@ -75,6 +75,17 @@ async def set_config(state: StateDep, body: Annotated[dict[str, Any], Body()]) -
         raise _bad_request(exc) from None
 
 
+@router.post("/advance", status_code=204)
+async def advance_time(state: StateDep, body: Annotated[dict[str, Any], Body()]) -> Response:
+    try:
+        state.advance_time(float(body["seconds"]))
+    except KeyError:
+        raise EmulatorError(400, "missing field 'seconds'") from None
+    except (TypeError, ValueError) as exc:
+        raise _bad_request(exc) from None
+    return Response(status_code=204)
+
+
 @router.get("/models")
 async def models(state: StateDep) -> list[dict[str, Any]]:
     return state.models()

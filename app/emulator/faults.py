@@ -6,7 +6,8 @@ A fault targets one route key (see `ROUTE_KEYS`) and fires for `times` matching 
 Transport faults, applied around the route by the middleware:
   status              answer `status` with `{"detail": detail}` (429 adds `Retry-After: retry_after`)
   hang                sleep `seconds`, then answer normally (a client with a shorter timeout gives up)
-  drop                close the connection without any response
+  drop                close the connection without any response; with `after_chunks=N` the
+                      response starts and N body messages (e.g. SSE chunks) go out first
   accept_then_status  run the route (a training job IS created), then answer `status` instead
   accept_then_drop    run the route, then close the connection without a response
 
@@ -62,7 +63,7 @@ _DEFAULT_DETAIL = {
 _OPTIONS: dict[str, frozenset[str]] = {
     "status": frozenset({"status", "detail", "retry_after"}),
     "hang": frozenset({"seconds"}),
-    "drop": frozenset(),
+    "drop": frozenset({"after_chunks"}),
     "accept_then_status": frozenset({"status", "detail", "retry_after"}),
     "accept_then_drop": frozenset(),
     "training_failed": frozenset({"error_message", "after_steps", "model"}),
@@ -80,12 +81,14 @@ class Fault:
     detail: str | None = None
     retry_after: float | None = None
     seconds: float = 30.0
+    after_chunks: int | None = None
     error_message: str = "Emulated training failure"
     after_steps: int = 0
     model: str | None = None  # job faults only: the model name it applies to
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     fired: int = 0
     seen: int = 0
+    generation: int = 0  # the emulator's reset generation when it last fired
 
     @property
     def exhausted(self) -> bool:
@@ -106,6 +109,7 @@ class Fault:
             "detail": self.response_detail(),
             "retry_after": self.retry_after,
             "seconds": self.seconds,
+            "after_chunks": self.after_chunks,
             "error_message": self.error_message,
             "after_steps": self.after_steps,
             "model": self.model,
@@ -130,6 +134,8 @@ def build_fault(route: str, kind: str, *, times: int | None = 1, skip: int = 0, 
     status = opts.get("status", 503)
     if not isinstance(status, int) or not 400 <= status <= 599:
         raise ValueError("status must be an HTTP error status (400-599)")
-    if float(opts.get("seconds", 0)) < 0 or int(opts.get("after_steps", 0)) < 0:
-        raise ValueError("seconds and after_steps must be >= 0")
+    for name in ("seconds", "after_steps", "after_chunks"):
+        value = opts.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+            raise ValueError(f"{name} must be a number >= 0")
     return Fault(route=route, kind=kind, times=times, skip=skip, **opts)

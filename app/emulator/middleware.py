@@ -92,10 +92,12 @@ class FaultMiddleware:
     async def _apply(self, fault: Fault, scope: Scope, receive: Receive, send: Send) -> None:
         if fault.kind == "status":
             await send_error(send, fault.status, fault.response_detail(), self._retry_after(fault))
+        elif fault.kind == "drop" and fault.after_chunks is not None:
+            await self._drop_mid_response(fault.after_chunks, scope, receive, send)
         elif fault.kind == "drop":
             await drop_connection(receive)
         elif fault.kind == "hang":
-            if await self._hang(fault.seconds):
+            if await self._hang(fault.seconds, fault.generation):
                 await self.app(scope, receive, send)
             else:
                 await drop_connection(receive)
@@ -106,15 +108,36 @@ class FaultMiddleware:
             else:
                 await drop_connection(receive)
 
+    async def _drop_mid_response(self, chunks: int, scope: Scope, receive: Receive, send: Send) -> None:
+        """Forward the response start and `chunks` body messages, then cut the connection."""
+        sent = 0
+        dropped = False
+
+        async def forward(message: Message) -> None:
+            nonlocal sent, dropped
+            if dropped:
+                return
+            if message["type"] == "http.response.body":
+                # The last body message is never delivered, so the response stays incomplete.
+                if sent >= chunks or not message.get("more_body", False):
+                    dropped = True
+                    await drop_connection(receive)
+                    return
+                sent += 1
+            await send(message)
+
+        await self.app(scope, receive, forward)
+        if not dropped:  # the response had fewer messages than `chunks`: still cut it
+            await drop_connection(receive)
+
     @staticmethod
     def _retry_after(fault: Fault) -> float | None:
         if fault.retry_after is not None:
             return fault.retry_after
         return 0 if fault.status == 429 else None
 
-    async def _hang(self, seconds: float) -> bool:
-        """Sleep in small slices; False when the emulator was reset meanwhile (the test is over)."""
-        generation = self.state.generation
+    async def _hang(self, seconds: float, generation: int) -> bool:
+        """Sleep in small slices; False when the emulator was reset since the fault fired."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         while (remaining := deadline - loop.time()) > 0:

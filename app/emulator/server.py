@@ -14,11 +14,13 @@ from app.emulator.state import EmulatorState
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before starting uvicorn so port 0 yields a known free port with no race."""
+    """Bind and listen before starting uvicorn, so port 0 yields a known free port with no race."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    # Listening now lets clients connect as soon as the URL is known; uvicorn accepts once up.
+    sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 

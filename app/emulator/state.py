@@ -98,6 +98,7 @@ class EmulatorState:
         self._jobs_by_model_id: Counter[str] = Counter()
         self._jobs_by_model_name: Counter[str] = Counter()
         self._generation = 0
+        self._time_offset = 0.0
 
     # ----------------------------------------------------------------- configuration
     @property
@@ -130,6 +131,17 @@ class EmulatorState:
             self._jobs_by_model_id.clear()
             self._jobs_by_model_name.clear()
             self._generation += 1
+            self._time_offset = 0.0
+
+    def advance_time(self, seconds: float) -> None:
+        """Move the jobs' clock forward, so tests see paced events without sleeping."""
+        if seconds < 0:
+            raise ValueError("seconds must be >= 0")
+        with self._lock:
+            self._time_offset += seconds
+
+    def _now(self) -> float:
+        return time.monotonic() + self._time_offset
 
     def check_key(self, key: str) -> bool:
         with self._lock:
@@ -168,6 +180,7 @@ class EmulatorState:
                 if fault.seen <= fault.skip:
                     continue
                 fault.fired += 1
+                fault.generation = self._generation
                 self._faults_fired[route] += 1
                 return fault
             return None
@@ -368,7 +381,7 @@ class EmulatorState:
                 model_name=model.name,
                 gradient_steps=self._config.gradient_steps,
                 pace_s=self._config.pace_s,
-                now_mono=time.monotonic(),
+                now_mono=self._now(),
                 now_unix=int(time.time()),
                 fault_kind=fault.kind if fault else None,
                 error_message=fault.error_message if fault else "",
@@ -388,7 +401,7 @@ class EmulatorState:
         with self._lock:
             self._advance()
             job = self._job(job_id)
-            visible: list[Event] = job.events[: job.visible_count(time.monotonic())]
+            visible: list[Event] = job.events[: job.visible_count(self._now())]
             if after is not None:
                 position = next((i for i, e in enumerate(job.events) if e.id == after), None)
                 if position is None:
@@ -401,7 +414,7 @@ class EmulatorState:
         """Every job (oldest first) with its status, outcome, checkpoint step and what was submitted."""
         with self._lock:
             self._advance()
-            now = time.monotonic()
+            now = self._now()
             return [
                 j.public(now)
                 for j in sorted(self._jobs.values(), key=lambda j: j.created_mono)
@@ -417,7 +430,7 @@ class EmulatorState:
     def _advance(self) -> None:
         """Register the checkpoint of every successful job whose last event is due, oldest first,
         so the checkpoint exists before any client can read `training_ended`."""
-        now = time.monotonic()
+        now = self._now()
         due = [
             j
             for j in self._jobs.values()
