@@ -26,7 +26,7 @@ from app.jobs.router import router as jobs_router
 from app.jobs.train_router import router as train_router
 from app.keys.service import Authenticator, count_active_keys
 from app.logs import configure_logging
-from app.middleware import RequestContextMiddleware
+from app.middleware import RequestContextMiddleware, StartupErrorMiddleware
 from app.scoring.router import router as scoring_router
 from app.training import lifecycle as worker_lifecycle
 from app.trajectories.router import router as trajectories_router
@@ -57,7 +57,6 @@ async def _refuse_without_keys(app: FastAPI) -> None:
     async with app.state.sessionmaker() as session:
         active = await count_active_keys(session)
     if active == 0:
-        logger.error("service.refused reason=no_api_key")
         raise ConfigError(NO_API_KEY_MESSAGE)
 
 
@@ -130,6 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
         max_upload_bytes=settings.http.max_upload_bytes,
         access_log=settings.http.access_log,
     )
+    app.add_middleware(StartupErrorMiddleware)
     return app
 
 

@@ -14,8 +14,10 @@ import uuid
 from typing import Any
 
 import orjson
+from fastapi import routing as fastapi_routing
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.config import ConfigError
 from app.errors import PayloadTooLarge, RequestBodyTooLarge, error_body, internal_error_body
 from app.health.metrics import Metrics
 from app.logs import reset_request_id, set_request_id
@@ -103,8 +105,7 @@ class RequestContextMiddleware:
                 status_holder[0] = 500
         finally:
             elapsed = time.perf_counter() - start
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = route_template(scope)
             self.metrics.observe_request(scope["method"], template, status_holder[0], elapsed)
             if self.access_log:
                 logger.info(
@@ -115,6 +116,21 @@ class RequestContextMiddleware:
                     elapsed * 1000,
                 )
             reset_request_id(token)
+
+
+# FastAPI keeps the matched route's effective context (its full path, include prefixes and
+# all) under these scope keys; private names, hence getattr with a fallback to scope["route"].
+_FASTAPI_SCOPE_KEY = getattr(fastapi_routing, "_FASTAPI_SCOPE_KEY", "fastapi")
+_EFFECTIVE_ROUTE_KEY = getattr(fastapi_routing, "_FASTAPI_EFFECTIVE_ROUTE_CONTEXT_KEY", "")
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template (`/v1/files/{file_id}`), never the raw path: a metrics
+    label must not grow with every id. "unmatched" when no route matched."""
+    fastapi_scope = scope.get(_FASTAPI_SCOPE_KEY)
+    context = fastapi_scope.get(_EFFECTIVE_ROUTE_KEY) if isinstance(fastapi_scope, dict) else None
+    template = getattr(context, "path_format", None) or getattr(scope.get("route"), "path", None)
+    return str(template) if template else "unmatched"
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
@@ -154,3 +170,40 @@ async def _send_json(send: Send, status: int, body: dict[str, Any], request_id: 
         }
     )
     await send({"type": "http.response.body", "body": payload})
+
+
+class StartupErrorMiddleware:
+    """Shortens a configuration error raised in the lifespan to one readable line.
+
+    Starlette reports a failed startup to the server with the full traceback as the message,
+    which uvicorn prints; for a ConfigError (e.g. no API key) the operator needs one line.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        held: list[Message] = []
+
+        async def hold_failure(message: Message) -> None:
+            # Held until we know which exception caused it (raised right after this send).
+            if message["type"] == "lifespan.startup.failed":
+                held.append(message)
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, hold_failure)
+        except ConfigError as exc:
+            for message in held:
+                await send({**message, "message": f"training-control: {exc}"})
+            raise
+        except BaseException:
+            for message in held:
+                await send(message)
+            raise
+        for message in held:
+            await send(message)

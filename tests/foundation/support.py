@@ -90,6 +90,12 @@ def make_test_router() -> APIRouter:
         await session.commit()
         return {"id": created.id}
 
+    @router.post("/duplicate-keys")
+    async def insert_duplicate_keys(session: SessionDep) -> None:
+        for i in range(2):
+            session.add(ApiKey(id=f"key-dup-{i}", name="dup", prefix="x", key_hash="same-hash-value"))
+        await session.flush()
+
     @router.post("/items")
     async def echo_item(body: ItemIn) -> dict[str, str]:
         return {"name": body.name}
@@ -125,7 +131,15 @@ def make_test_router() -> APIRouter:
 
 
 def create_test_app(settings: Settings) -> FastAPI:
-    """The real app plus the test router, protected like every product router."""
+    """The real app plus the test routers, protected like every product router."""
     app = create_app(settings)
     app.include_router(make_test_router(), dependencies=[Depends(require_api_key)])
+    # A prefix given at include time, not on the router: metrics must still see the full template.
+    included = APIRouter()
+
+    @included.get("/things/{thing_id}")
+    async def get_thing(thing_id: str) -> dict[str, str]:
+        return {"id": thing_id}
+
+    app.include_router(included, prefix="/v1/_inc", dependencies=[Depends(require_api_key)])
     return app

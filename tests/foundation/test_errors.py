@@ -1,0 +1,253 @@
+"""Every error is the OpenAI envelope with the right status; bad input is a clear 4xx."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from app import errors
+from app.config import Settings
+from tests.conftest import asgi_client, make_settings
+from tests.foundation.support import create_test_app
+
+ENVELOPE_KEYS = {"message", "type", "param", "code"}
+
+
+def error_of(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == ENVELOPE_KEYS
+    assert body["error"]["message"]
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+class TestRouting:
+    async def test_unknown_route_is_404_naming_the_route(self, test_client: httpx.AsyncClient) -> None:
+        error = error_of(await test_client.get("/v1/no-such-thing"), 404)
+        assert error["code"] == "not_found"
+        assert error["type"] == "invalid_request_error"
+        assert "GET /v1/no-such-thing" in error["message"]
+
+    async def test_unknown_route_without_key_is_still_the_envelope(self, test_app: FastAPI) -> None:
+        async with asgi_client(test_app, api_key=None) as anon:
+            error_of(await anon.get("/nothing-here"), 404)
+
+    async def test_wrong_method_is_405_with_allow_header(self, test_client: httpx.AsyncClient) -> None:
+        response = await test_client.delete("/v1/_test/items/abc")
+        error = error_of(response, 405)
+        assert error["code"] == "method_not_allowed"
+        assert "GET" in response.headers["allow"]
+        assert "DELETE" in error["message"]
+
+
+class TestBadInput:
+    async def test_validation_error_is_422_naming_the_field(self, test_client: httpx.AsyncClient) -> None:
+        error = error_of(await test_client.post("/v1/_test/items", json={"nam": "x"}), 422)
+        assert (error["param"], error["code"]) == ("name", "invalid_value")
+        assert error["message"].startswith("name: Field required")
+
+    async def test_wrong_type_is_422_naming_the_field(self, test_client: httpx.AsyncClient) -> None:
+        error = error_of(await test_client.post("/v1/_test/items", json={"name": ["x"]}), 422)
+        assert error["param"] == "name"
+
+    async def test_malformed_json_is_400_invalid_json(self, test_client: httpx.AsyncClient) -> None:
+        response = await test_client.post(
+            "/v1/_test/items", content=b'{"name": "x",', headers={"content-type": "application/json"}
+        )
+        error = error_of(response, 400)
+        assert (error["code"], error["type"]) == ("invalid_json", "invalid_request_error")
+        assert "not valid JSON" in error["message"]
+
+    @pytest.mark.parametrize(
+        ("kwargs", "named"),
+        [
+            ({"content": b'{"name": "x"}', "headers": {"content-type": "text/plain"}}, "text/plain"),
+            ({"data": {"name": "x"}}, "application/x-www-form-urlencoded"),
+            ({"files": {"name": ("n.txt", b"x")}}, "multipart/form-data"),
+            ({"content": b'{"name": "x"}', "headers": {"content-type": ""}}, "none"),
+        ],
+        ids=["text", "urlencoded-form", "multipart", "no-content-type"],
+    )
+    async def test_json_route_given_another_content_type_is_415(
+        self, test_client: httpx.AsyncClient, kwargs: dict[str, Any], named: str
+    ) -> None:
+        error = error_of(await test_client.post("/v1/_test/items", **kwargs), 415)
+        assert error["code"] == "unsupported_media_type"
+        assert error["param"] == "content-type"
+        assert "application/json" in error["message"]
+        assert named in error["message"]
+
+    async def test_json_with_a_charset_is_accepted(self, test_client: httpx.AsyncClient) -> None:
+        response = await test_client.post(
+            "/v1/_test/items",
+            content=b'{"name": "x"}',
+            headers={"content-type": "application/json; charset=utf-8"},
+        )
+        assert response.status_code == 200
+        assert response.json() == {"name": "x"}
+
+    async def test_missing_body_is_422_saying_so(self, test_client: httpx.AsyncClient) -> None:
+        error = error_of(await test_client.post("/v1/_test/items"), 422)
+        assert error["code"] == "missing_body"
+
+    async def test_json_array_instead_of_object_is_422(self, test_client: httpx.AsyncClient) -> None:
+        error = error_of(await test_client.post("/v1/_test/items", json=[{"name": "x"}]), 422)
+        assert error["code"] == "invalid_body"
+        assert "JSON object" in error["message"]
+
+    async def test_form_route_given_json_is_415(self, test_client: httpx.AsyncClient) -> None:
+        error = error_of(await test_client.post("/v1/_test/uploads", json={"purpose": "x"}), 415)
+        assert "multipart/form-data" in error["message"]
+
+    async def test_form_route_accepts_multipart(self, test_client: httpx.AsyncClient) -> None:
+        response = await test_client.post(
+            "/v1/_test/uploads", files={"file": ("a.jsonl", b"{}\n")}, data={"purpose": "fine-tune"}
+        )
+        assert response.json() == {"size": 3, "purpose": "fine-tune"}
+
+
+@pytest.fixture
+async def small_limits_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    limited = make_settings(settings.database_url, http={"max_body_bytes": 1000, "max_upload_bytes": 5000})
+    app = create_test_app(limited)
+    async with LifespanManager(app, startup_timeout=60), asgi_client(app) as client:
+        yield client
+
+
+async def _chunks(total: int) -> AsyncIterator[bytes]:
+    yield b'{"name": "'
+    for _ in range(total // 100):
+        yield b"a" * 100
+    yield b'"}'
+
+
+class TestBodyLimits:
+    async def test_declared_oversized_body_is_413_with_the_limit(
+        self, small_limits_client: httpx.AsyncClient
+    ) -> None:
+        response = await small_limits_client.post("/v1/_test/items", json={"name": "a" * 2000})
+        error = error_of(response, 413)
+        assert error["code"] == "request_too_large"
+        assert "1000 bytes" in error["message"]
+        assert response.headers["x-request-id"]
+
+    async def test_streamed_oversized_body_is_413_not_400(
+        self, small_limits_client: httpx.AsyncClient
+    ) -> None:
+        # Chunked, no Content-Length: the limit is enforced while the body is read.
+        response = await small_limits_client.post(
+            "/v1/_test/items", content=_chunks(3000), headers={"content-type": "application/json"}
+        )
+        assert "content-length" not in response.request.headers
+        error = error_of(response, 413)
+        assert "1000 bytes" in error["message"]
+
+    async def test_streamed_oversized_multipart_is_413(self, small_limits_client: httpx.AsyncClient) -> None:
+        async def multipart() -> AsyncIterator[bytes]:
+            yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
+            for _ in range(30):
+                yield b"x" * 100
+            yield b"\r\n--b--\r\n"
+
+        response = await small_limits_client.post(
+            "/v1/_test/uploads",
+            content=multipart(),
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        )
+        error_of(response, 413)
+
+    async def test_body_under_the_limit_passes(self, small_limits_client: httpx.AsyncClient) -> None:
+        response = await small_limits_client.post("/v1/_test/items", json={"name": "a" * 900})
+        assert response.status_code == 200
+
+    async def test_files_route_has_its_own_larger_limit(self, small_limits_client: httpx.AsyncClient) -> None:
+        # 3000 bytes: over the ordinary limit, under the upload limit.
+        body = b"x" * 3000
+        under = await small_limits_client.post("/v1/files", content=body)
+        assert under.status_code != 413
+        over = await small_limits_client.post("/v1/files", content=b"x" * 6000)
+        error = error_of(over, 413)
+        assert "5000 bytes" in error["message"]
+        ordinary = await small_limits_client.post("/v1/_test/items", content=body)
+        assert ordinary.status_code == 413
+
+    def test_default_limits_are_a_few_mib_and_larger_for_files(self) -> None:
+        settings = make_settings("sqlite+aiosqlite:///unused.db")
+        assert 1 << 20 <= settings.http.max_body_bytes <= 16 << 20
+        assert settings.http.max_upload_bytes > settings.http.max_body_bytes
+
+
+class TestUnexpectedException:
+    async def test_is_500_envelope_without_internals_logged_once_with_request_id(
+        self, test_client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.INFO)
+        response = await test_client.get("/v1/_test/boom", headers={"X-Request-ID": "req-boom-1"})
+        error = error_of(response, 500)
+        assert (error["type"], error["code"]) == ("server_error", "internal_error")
+        assert "req-boom-1" in error["message"]
+        assert response.headers["x-request-id"] == "req-boom-1"
+        for leak in ("hunter2", "secret.py", "RuntimeError", "Traceback"):
+            assert leak not in response.text
+        logged = [r for r in caplog.records if r.exc_info]
+        assert len(logged) == 1
+        assert logged[0].request_id == "req-boom-1"  # type: ignore[attr-defined]
+        assert "hunter2" in caplog.text  # the operator sees the real exception
+
+
+class TestDatabaseErrors:
+    async def test_integrity_error_is_409_without_sql(self, test_client: httpx.AsyncClient) -> None:
+        response = await test_client.post("/v1/_test/duplicate-keys")
+        error = error_of(response, 409)
+        assert error["code"] == "conflict"
+        for leak in ("same-hash-value", "INSERT", "api_keys"):
+            assert leak not in response.text
+
+
+class TestAppErrors:
+    @pytest.mark.parametrize(
+        "cls",
+        [
+            errors.BadRequest,
+            errors.Unauthorized,
+            errors.Forbidden,
+            errors.NotFound,
+            errors.MethodNotAllowed,
+            errors.Conflict,
+            errors.PayloadTooLarge,
+            errors.UnsupportedMediaType,
+            errors.Unprocessable,
+            errors.InvalidJSON,
+            errors.RateLimited,
+            errors.InternalError,
+            errors.UpstreamError,
+            errors.ServiceUnavailable,
+            errors.UpstreamTimeout,
+        ],
+    )
+    async def test_each_subclass_renders_its_status_in_the_envelope(self, cls: type[errors.AppError]) -> None:
+        app = FastAPI()
+        errors.install_error_handlers(app)
+
+        @app.get("/raise")
+        async def raise_it() -> None:
+            raise cls("something specific", param="field_x")
+
+        async with asgi_client(app) as client:
+            error = error_of(await client.get("/raise"), cls.status_code)
+        assert error == {
+            "message": "something specific",
+            "type": cls.type,
+            "param": "field_x",
+            "code": cls.default_code,
+        }
+        assert 400 <= cls.status_code < 600
