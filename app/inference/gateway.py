@@ -362,15 +362,16 @@ class Gateway:
         except orjson.JSONDecodeError:
             doc = None
         if not isinstance(doc, dict):
-            if plan.capture is not None:
-                call.error_code = "upstream_invalid_response"
-                raise invalid_upstream_body("the completion is not a JSON object")
-            return RawResponse(data, upstream.status, relayed_headers(upstream.headers))
+            # The SDK could not parse it either; say where the fault lies.
+            call.error_code = "upstream_invalid_response"
+            raise invalid_upstream_body("the completion is not a JSON object")
         call.take_usage(doc.get("usage"))
         if plan.capture is not None:
             choices = doc.get("choices")
             if isinstance(choices, list) and choices and isinstance(choices[0], dict):
                 self._capture(plan.capture, call, payload, choices[0], doc.get("usage"))
+            else:
+                logger.warning("gateway.capture_skipped reason=no_choice model=%s", call.model_served)
             if plan.strip_logprobs:
                 strip_logprobs(choices)
                 data = orjson.dumps(doc)

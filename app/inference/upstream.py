@@ -12,9 +12,10 @@ Semantics that matter to the gateway:
   body, as httpx's read timeout does, so a slow stream is fine while a silent upstream is not.
 - A response that is not read to its end is not reused: `aclose()` aborts its connection, which
   is how a client disconnect cancels the upstream request.
-- A request sent on a reused keep-alive connection that the server had already closed (no byte
-  of response arrived) is retried once on a fresh connection, as browsers and urllib3 do; the
-  server never saw it.
+- Nothing is retried: a chat completion is not idempotent (it costs a generation). Idle
+  connections are dropped after `keepalive_expiry` (below common server idle timeouts) so a
+  request rarely meets a connection the server is closing; if it does, the caller gets
+  `upstream_disconnected` and the SDK's own retry applies.
 - Streamed bodies are flow-controlled: reading pauses while more than `high_water` bytes wait
   for a slow client.
 """
@@ -58,10 +59,6 @@ class PoolTimeout(UpstreamError):
     """Every upstream connection stayed busy for `pool_timeout_s`."""
 
     code = "upstream_busy"
-
-
-class _StaleConnection(Exception):
-    """A reused connection died before any response byte: safe to resend on a new one."""
 
 
 class UpstreamResponse:
@@ -238,10 +235,10 @@ class _Connection(asyncio.Protocol):
         self.transport = None
         response = self.response
         if response is not None:
-            if not response._got_bytes and self.requests > 1:
-                response._fail(_StaleConnection())
-            else:
+            if response._got_bytes:
                 response._fail(UpstreamDisconnected("the upstream closed the connection mid-response"))
+            else:
+                response._fail(UpstreamDisconnected("the upstream closed the connection without answering"))
         self.pool._discard(self)
 
     # --- httptools callbacks --------------------------------------------------------------
@@ -347,14 +344,7 @@ class UpstreamPool:
         """Send one request (`head` = request line and headers, ending with a blank line) and
         return once the response headers arrived. The caller must `aclose()` the response."""
         conn = await self._checkout()
-        try:
-            return await self._send(conn, head, body)
-        except _StaleConnection:
-            conn = await self._checkout(fresh=True)
-            try:
-                return await self._send(conn, head, body)
-            except _StaleConnection:  # cannot happen on a fresh connection; be explicit anyway
-                raise UpstreamDisconnected("the upstream closed the connection") from None
+        return await self._send(conn, head, body)
 
     async def _send(self, conn: _Connection, head: bytes, body: bytes) -> UpstreamResponse:
         response = UpstreamResponse(conn)
@@ -371,20 +361,19 @@ class UpstreamPool:
             raise
         return response
 
-    async def _checkout(self, *, fresh: bool = False) -> _Connection:
+    async def _checkout(self) -> _Connection:
         if self._closed:
             raise UpstreamConnectError("the gateway is shutting down")
-        if not fresh:
-            now = self.loop.time()
-            idle = self._idle
-            while idle:
-                conn = idle.pop()
-                if not conn.alive:
-                    continue
-                if now - conn.idle_since > self.keepalive_expiry:
-                    conn.abort()
-                    continue
-                return conn
+        now = self.loop.time()
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.alive:
+                continue
+            if now - conn.idle_since > self.keepalive_expiry:
+                conn.abort()
+                continue
+            return conn
         if self.size < self.max_connections:
             return await self._connect()
         waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
