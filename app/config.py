@@ -23,10 +23,12 @@ SECRET_ENV_VARS = ("WANDB_API_KEY",)
 
 
 class DatabaseSettings(BaseModel):
-    pool_size: int = Field(10, gt=0)
-    max_overflow: int = Field(10, ge=0)
-    pool_timeout_s: float = Field(30.0, gt=0)
-    sqlite_busy_timeout_ms: int = Field(30_000, ge=0)
+    pool_size: int = Field(10, gt=0, description="Postgres connections kept open per process")
+    max_overflow: int = Field(10, ge=0, description="extra Postgres connections allowed under load")
+    pool_timeout_s: float = Field(30.0, gt=0, description="longest wait for a free connection")
+    sqlite_busy_timeout_ms: int = Field(
+        30_000, ge=0, description="how long a SQLite writer waits for the write lock before failing"
+    )
     migrate_lock_timeout_s: float = Field(300.0, gt=0, description="max wait for another process's migration")
 
 
@@ -39,7 +41,7 @@ class AuthSettings(BaseModel):
 class HttpSettings(BaseModel):
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="request body limit of ordinary routes")
     max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0, description="request body limit of /v1/files")
-    access_log: bool = False
+    access_log: bool = Field(False, description="log one line per request (method, path, status, duration)")
 
 
 def _split_csv(value: object) -> object:

@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from app.config import ConfigError, Settings, load_settings, normalise_database_url
-from tests.foundation.support import BIN, CLI, clean_env, free_port, run
+from tests.foundation.support import BIN, CLI, REPO, clean_env, free_port, run
 
 CONTRACT_ENV = {
     "DATABASE_URL": "postgresql://svc@db.internal:5432/training",
@@ -215,3 +215,23 @@ class TestSecrets:
         env_file.write_text("WANDB_API_KEY=dotenv-wandb-key\n")
         assert dotenv.load_dotenv(env_file) is False
         assert "WANDB_API_KEY" not in os.environ
+
+
+def _env_names(model: type[BaseModel], prefix: str = "") -> list[str]:
+    names = []
+    for name, field in model.model_fields.items():
+        annotation: Any = field.annotation
+        groups = [
+            a for a in (annotation, *get_args(annotation)) if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        if groups:
+            names += _env_names(groups[0], f"{prefix}{name.upper()}__")
+        else:
+            names.append(prefix + name.upper())
+    return names
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (REPO / "README.md").read_text()
+    undocumented = [name for name in _env_names(Settings) if f"| `{name}` |" not in readme]
+    assert undocumented == [], "add these to the configuration tables in README.md"

@@ -1,0 +1,52 @@
+"""CI must not pass vacuously: with CI=true a missing Postgres fails the Postgres tests
+instead of skipping them, and .ci/run always runs both backends."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from tests.foundation.support import REPO, free_port, run
+
+# Any test that needs the Postgres backend will do; this one is quick.
+PG_TEST = "tests/foundation/test_health.py::TestHealth::test_liveness"
+
+
+def _pytest(**env: str) -> tuple[int, str]:
+    environment = {**os.environ, "TEST_BACKENDS": "postgres", **env}
+    environment.pop("PYTEST_ADDOPTS", None)
+    proc = run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", PG_TEST],
+        cwd=REPO,
+        env=environment,
+        timeout=300,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def closed_port_url() -> str:
+    return f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+
+
+def test_missing_postgres_fails_in_ci(closed_port_url: str) -> None:
+    code, output = _pytest(CI="true", TEST_POSTGRES_URL=closed_port_url)
+    assert code == 1, output
+    assert "Postgres is not reachable" in output
+    assert "1 error" in output or "1 failed" in output
+
+
+def test_missing_postgres_is_skipped_outside_ci(closed_port_url: str) -> None:
+    code, output = _pytest(CI="false", TEST_POSTGRES_URL=closed_port_url)
+    assert code == 0, output
+    assert "1 skipped" in output
+
+
+def test_ci_script_runs_both_backends_and_fails_on_missing_postgres() -> None:
+    script = (REPO / ".ci" / "run").read_text()
+    assert "export CI=true" in script
+    assert "export TEST_BACKENDS=sqlite,postgres" in script
+    assert "ruff format --check" in script
+    assert ".venv/bin/mypy" in script
