@@ -86,7 +86,7 @@ async def models_set_alias(
     "/v1/models/{model_id:path}",
     summary="Retrieve a model",
     response_model=ModelObject,
-    responses=error_responses(401, 404),
+    responses=error_responses(401, 404, 422),
     openapi_extra=BEARER_SECURITY,
 )
 async def models_retrieve(model_id: str, request: Request) -> JSONResponse:
