@@ -20,7 +20,7 @@ from app.models import Base
 from tests.conftest import make_settings, run_blocking
 from tests.foundation.support import clean_env, sync_url
 
-PROCESSES = 4
+PROCESSES = 3
 
 
 async def _tables_and_heads(url: str) -> tuple[set[str], set[str]]:
@@ -83,36 +83,32 @@ def test_models_match_the_migrations(db_url: str) -> None:
 
 
 # Process start-up takes about a second and jitters by hundreds of milliseconds, far more
-# than a migration race window. Each process therefore imports everything, reports ready,
-# and waits for one "go" file, so all of them reach the migration within milliseconds.
-STARTING_GATE = textwrap.dedent(
-    """
-    import os, sys, time
-    import app.cli, app.main, app.models, alembic.command  # the slow imports, before the gate
-    ready, go = sys.argv[1], sys.argv[2]
-    open(ready, "w").close()
-    while not os.path.exists(go):
-        time.sleep(0.002)
-    """
-)
+# than a migration race window. Each process therefore runs its slow imports (`setup`),
+# reports ready and waits for one "go" file, so all of them reach the migration within
+# milliseconds of each other.
+STARTING_GATE = """
+import os, sys, time
+ready, go = sys.argv[1], sys.argv[2]
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.002)
+"""
 
 
-def _run_together(body: str, env: dict[str, str], cwd: Path) -> list[tuple[int, str]]:
+def _run_together(setup: str, action: str, env: dict[str, str], cwd: Path) -> list[tuple[int, str]]:
     go = cwd / "go"
-    procs = []
-    for i in range(PROCESSES):
-        ready = cwd / f"ready-{i}"
-        script = STARTING_GATE + textwrap.dedent(body)
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", script, str(ready), str(go)],
-                cwd=cwd,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+    script = "\n".join([textwrap.dedent(setup), STARTING_GATE, textwrap.dedent(action)])
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(cwd / f"ready-{i}"), str(go)],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        for i in range(PROCESSES)
+    ]
     deadline = time.monotonic() + 120
     while not all((cwd / f"ready-{i}").exists() for i in range(PROCESSES)):
         assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
@@ -139,23 +135,23 @@ def _assert_all_migrated(results: list[tuple[int, str]], url: str) -> None:
 def test_concurrent_migrate_commands_on_one_fresh_database(fresh_db_url: str, tmp_path: Path) -> None:
     """`training-control migrate` (app.cli:main) from several processes at once."""
     env = clean_env(DATABASE_URL=sync_url(fresh_db_url), LOG_LEVEL="WARNING")
-    results = _run_together("sys.exit(app.cli.main(['migrate']))", env, tmp_path)
+    setup = "import app.cli, app.models, alembic.command"
+    results = _run_together(setup, "sys.exit(app.cli.main(['migrate']))", env, tmp_path)
     _assert_all_migrated(results, fresh_db_url)
 
 
 # Each process runs the app's lifespan with MIGRATE_ON_START (the default), as several API
 # replicas or uvicorn workers starting together would.
-LIFESPAN = """
+LIFESPAN_SETUP = """
 import asyncio
 from asgi_lifespan import LifespanManager
 from app.config import load_settings
+from app.main import create_app
 
 async def start_and_stop() -> None:
-    service = app.main.create_app(load_settings())
+    service = create_app(load_settings())
     async with LifespanManager(service, startup_timeout=240):
         pass
-
-asyncio.run(start_and_stop())
 """
 
 
@@ -163,5 +159,5 @@ def test_concurrent_migrate_on_start_on_one_fresh_database(fresh_db_url: str, tm
     env = clean_env(
         DATABASE_URL=fresh_db_url, API_KEYS="lifespan-test-key", RUN_WORKER="false", LOG_LEVEL="WARNING"
     )
-    results = _run_together(LIFESPAN, env, tmp_path)
+    results = _run_together(LIFESPAN_SETUP, "asyncio.run(start_and_stop())", env, tmp_path)
     _assert_all_migrated(results, fresh_db_url)
