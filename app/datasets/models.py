@@ -13,6 +13,7 @@ from app.db import Base, JSONType, TimestampMixin, UTCDateTime
 
 class Dataset(TimestampMixin, Base):
     __tablename__ = "datasets"
+    __table_args__ = (sa.Index(None, "created_at"),)
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # ds-…
     # queued | building | ready | failed
@@ -30,6 +31,8 @@ class Dataset(TimestampMixin, Base):
     # assistant turns that are Choice objects with logprobs: what ART can actually train
     trainable_turns: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # refreshed by the builder while it works: a build whose heartbeat is stale was interrupted
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class DatasetGroup(Base):
@@ -50,3 +53,22 @@ class DatasetGroup(Base):
     # [art.Trajectory.model_dump(mode="json"), …]: exactly what ART sends
     trajectories: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, nullable=False)
     trainable_turns: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
+
+
+class DatasetRejection(Base):
+    """A game row the builder could not use, with its reason code (listed on request)."""
+
+    __tablename__ = "dataset_rejections"
+    __table_args__ = (sa.Index(None, "dataset_id", "reason", "id"),)
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    dataset_id: Mapped[str] = mapped_column(
+        sa.String(40), sa.ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False
+    )
+    trajectory_id: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+    window_id: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+    agent_id: Mapped[str | None] = mapped_column(sa.String(200), nullable=True)
+    reason: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    detail: Mapped[str | None] = mapped_column(sa.String(500), nullable=True)

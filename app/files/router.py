@@ -1,3 +1,74 @@
-from fastapi import APIRouter
+"""`/v1/files`: the OpenAI files API for fine-tune JSONL (`client.files.create/list/retrieve/delete`)."""
 
-router = APIRouter()
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Query, Request, UploadFile
+from fastapi.responses import StreamingResponse
+
+from app.datasets.schemas import ListPage
+from app.deps import SessionDep
+from app.errors import BadRequest, error_responses
+from app.files import service
+from app.files.schemas import FileDeleted, FileObject
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+
+@router.post("", response_model=FileObject, responses=error_responses(400, 413))
+async def create_file(
+    request: Request,
+    file: UploadFile,
+    purpose: Annotated[str, Form()],
+) -> FileObject:
+    """Upload a JSONL of trajectory groups (`purpose=fine-tune`), one ART `TrajectoryGroup`
+    per line. A malformed file is refused with the first bad line and what is wrong with it.
+    The groups become a dataset usable as a job's `training_file` (the file id)."""
+    service.check_purpose(purpose)
+    if not file.filename:
+        raise BadRequest("the upload has no filename", param="file", code="invalid_file")
+    row = await service.upload_file(
+        request.app.state.sessionmaker, file.file, filename=file.filename, purpose=purpose
+    )
+    return FileObject.from_row(row)
+
+
+@router.get("", response_model=ListPage[FileObject], responses=error_responses(400))
+async def list_files(
+    session: SessionDep,
+    purpose: Annotated[str | None, Query(max_length=32)] = None,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+) -> ListPage[FileObject]:
+    rows, has_more = await service.list_files(session, purpose=purpose, after=after, limit=limit, order=order)
+    data = [FileObject.from_row(r) for r in rows]
+    return ListPage(
+        data=data,
+        has_more=has_more,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+    )
+
+
+@router.get("/{file_id}", response_model=FileObject, responses=error_responses(404))
+async def retrieve_file(file_id: str, session: SessionDep) -> FileObject:
+    return FileObject.from_row(await service.get_file(session, file_id))
+
+
+@router.delete("/{file_id}", response_model=FileDeleted, responses=error_responses(404))
+async def delete_file(file_id: str, session: SessionDep) -> FileDeleted:
+    """Deletes the file and the dataset made from it."""
+    await service.delete_file(session, file_id)
+    await session.commit()
+    return FileDeleted(id=file_id)
+
+
+@router.get("/{file_id}/content", responses=error_responses(404))
+async def file_content(file_id: str, request: Request, session: SessionDep) -> StreamingResponse:
+    """The file's groups as JSONL (re-serialised canonically: same groups, compact JSON)."""
+    file = await service.get_file(session, file_id)
+    return StreamingResponse(
+        service.file_lines(request.app.state.sessionmaker, file.dataset_id), media_type="application/jsonl"
+    )

@@ -1,3 +1,77 @@
-from fastapi import APIRouter
+"""`/v1/scores` (persisted per-trajectory scores) and `/v1/scorers` (what can be selected)."""
 
-router = APIRouter()
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.datasets.schemas import ListPage
+from app.deps import SessionDep
+from app.errors import BadRequest, error_responses
+from app.scoring import babylon as _babylon  # noqa: F401  (registers the game's scorers)
+from app.scoring.registry import list_scorers
+from app.scoring.schemas import ScoreObject, ScorerObject
+from app.scoring.service import list_scores
+
+router = APIRouter(tags=["scores"])
+
+
+@router.get("/v1/scores", response_model=ListPage[ScoreObject], responses=error_responses(400))
+async def get_scores(
+    session: SessionDep,
+    window_id: Annotated[str | None, Query(max_length=200)] = None,
+    agent_id: Annotated[str | None, Query(max_length=200)] = None,
+    trajectory_id: Annotated[str | None, Query(max_length=200)] = None,
+    scorer: Annotated[str | None, Query(max_length=64)] = None,
+    after: Annotated[str | None, Query(description="id of the last score seen (score-N)")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ListPage[ScoreObject]:
+    """Per-trajectory scores with their components, filtered by window, agent, trajectory, scorer."""
+    after_id: int | None = None
+    if after is not None:
+        if not after.startswith("score-") or not after[6:].isdigit():
+            raise BadRequest(
+                f"invalid cursor {after!r}; pass the id of a score (score-N)",
+                param="after",
+                code="invalid_cursor",
+            )
+        after_id = int(after[6:])
+    rows, has_more = await list_scores(
+        session,
+        window_id=window_id,
+        agent_id=agent_id,
+        trajectory_id=trajectory_id,
+        scorer=scorer,
+        after=after_id,
+        limit=limit,
+    )
+    data = [ScoreObject.from_row(r) for r in rows]
+    return ListPage(
+        data=data,
+        has_more=has_more,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+    )
+
+
+@router.get("/v1/scorers", response_model=ListPage[ScorerObject])
+async def get_scorers() -> ListPage[ScorerObject]:
+    """The registered heuristic scorers (`scorer` / `scorer_version` of POST /v1/datasets)."""
+    data = [
+        ScorerObject(
+            id=f"{s.name}@{s.version}",
+            name=s.name,
+            version=s.version,
+            description=s.description,
+            per_agent=s.per_agent,
+            uses_market_outcomes=s.needs_market_outcomes,
+        )
+        for s in list_scorers()
+    ]
+    return ListPage(
+        data=data,
+        has_more=False,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+    )

@@ -1,0 +1,164 @@
+"""Request and response bodies of `/v1/datasets`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from app.db import to_unix
+from app.scoring.babylon import DEFAULT_SCORER
+
+Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class DatasetCreate(BaseModel):
+    """What to build. Selection (at most one kind): `window_ids`, a time range
+    (`start_time`/`end_time` on the game's `"endTime"`, Unix seconds or ISO 8601), or
+    `trajectory_ids` (e.g. a `training_batches` row's list). Nothing selected = every window."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["babylon", "pushed"] = Field(
+        "babylon",
+        description="`babylon`: the game's Postgres; `pushed`: trajectories sent to POST /v1/trajectories",
+    )
+    window_ids: list[Identifier] | None = Field(
+        None, max_length=100_000, description="Babylon window ids `YYYY-MM-DDTHH:00`"
+    )
+    start_time: dt.datetime | None = Field(
+        None, description="inclusive lower bound (Unix seconds or ISO 8601, UTC)"
+    )
+    end_time: dt.datetime | None = Field(None, description="exclusive upper bound")
+    trajectory_ids: list[Identifier] | None = Field(None, max_length=1_000_000)
+    scenario_ids: list[Identifier] | None = Field(None, max_length=100_000, description="pushed source only")
+    include_used: bool = Field(False, description='also rows with "usedInTraining" = true')
+    scorer: str = Field(DEFAULT_SCORER, max_length=64, description="see GET /v1/scorers (babylon source)")
+    scorer_version: str | None = Field(None, max_length=32, description="default: the newest")
+    min_agents: int = Field(3, ge=1, le=10_000, description="distinct agents a group needs")
+    max_group_size: int = Field(8, ge=2, le=1_000)
+    max_groups_per_window: int = Field(
+        1, ge=1, le=1_000_000, description="split a large window into several groups"
+    )
+    drop_equal_rewards: bool = Field(
+        True, description="drop groups whose rewards are all equal (no GRPO signal)"
+    )
+    persist_scores: Literal["used", "all", "none"] = Field(
+        "used",
+        description="store the scores of the trajectories in the dataset, of every row scored, or none",
+    )
+    write_scores: bool | None = Field(
+        None,
+        description='also write persisted scores to the game\'s "aiJudgeReward" (default: BABYLON__WRITE_SCORES)',
+    )
+    max_listed_rejections: int = Field(
+        10_000, ge=0, le=1_000_000, description="rejected rows kept for listing"
+    )
+
+    @field_validator("start_time", "end_time")
+    @classmethod
+    def _utc(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> DatasetCreate:
+        kinds = [
+            name
+            for name, given in (
+                ("window_ids", self.window_ids is not None),
+                ("start_time/end_time", self.start_time is not None or self.end_time is not None),
+                ("trajectory_ids", self.trajectory_ids is not None),
+                ("scenario_ids", self.scenario_ids is not None),
+            )
+            if given
+        ]
+        if len(kinds) > 1:
+            raise ValueError(f"choose one selection, not {' and '.join(kinds)}")
+        if self.start_time and self.end_time and self.start_time >= self.end_time:
+            raise ValueError("start_time must be before end_time")
+        if self.min_agents > self.max_group_size:
+            raise ValueError("min_agents cannot exceed max_group_size: every group would be dropped")
+        if self.source == "pushed" and (self.window_ids is not None or self.trajectory_ids is not None):
+            raise ValueError("the pushed source selects by scenario_ids or a time range")
+        if self.source == "babylon" and self.scenario_ids is not None:
+            raise ValueError("scenario_ids select pushed trajectories (source='pushed')")
+        for ids in (self.window_ids, self.trajectory_ids, self.scenario_ids):
+            if ids is not None and not ids:
+                raise ValueError("an id list must not be empty")
+        return self
+
+
+class DatasetError(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class DatasetObject(BaseModel):
+    id: str
+    object: Literal["dataset"] = "dataset"
+    status: str = Field(description="queued | building | ready | failed")
+    source: str = Field(description="babylon | pushed | file")
+    created_at: int
+    finished_at: int | None
+    params: dict[str, Any]
+    stats: dict[str, Any]
+    error: DatasetError | None
+    group_count: int
+    trajectory_count: int
+    trainable_turns: int = Field(
+        description="assistant turns that are Choices with logprobs: what ART trains"
+    )
+
+    @classmethod
+    def from_row(cls, row: Any) -> DatasetObject:
+        return cls(
+            id=row.id,
+            status=row.status,
+            source=row.source,
+            created_at=to_unix(row.created_at) or 0,
+            finished_at=to_unix(row.finished_at),
+            params=row.params or {},
+            stats=row.stats or {},
+            error=DatasetError.model_validate(row.error) if row.error else None,
+            group_count=row.group_count,
+            trajectory_count=row.trajectory_count,
+            trainable_turns=row.trainable_turns,
+        )
+
+
+class DatasetGroupObject(BaseModel):
+    id: str = Field(description="grp-<position>")
+    object: Literal["dataset.group"] = "dataset.group"
+    dataset_id: str
+    position: int
+    scenario_id: str
+    rewards: list[float]
+    trainable_turns: int
+    trajectories: list[dict[str, Any]] = Field(description='art.Trajectory(...).model_dump(mode="json") each')
+
+
+class DatasetRejectionObject(BaseModel):
+    id: str
+    object: Literal["dataset.rejection"] = "dataset.rejection"
+    trajectory_id: str | None
+    window_id: str | None
+    agent_id: str | None
+    reason: str
+    detail: str | None
+
+
+T = TypeVar("T")
+
+
+class ListPage(BaseModel, Generic[T]):
+    """OpenAI's list envelope (cursor pages: pass `after=<last_id>` for the next page)."""
+
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None

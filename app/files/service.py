@@ -1,0 +1,201 @@
+"""Uploaded fine-tune files: validate line by line, store the groups as a dataset.
+
+An upload writes its groups in short transactions while it reads (a large file never holds
+SQLite's write lock for long); the dataset stays `building`, invisible to jobs, until the
+last line is valid. A bad line removes everything written for the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import IO
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.datasets.models import Dataset, DatasetGroup
+from app.datasets.snapshot import SnapshotWriter
+from app.datasets.stats import FROM_FILE, BuildStats
+from app.db import utcnow
+from app.errors import BadRequest, NotFound
+from app.files.jsonl import GroupReader, LineError
+from app.files.models import File
+from app.ids import new_id
+from app.trajectories.art_shape import count_turns
+
+PURPOSES = ("fine-tune",)
+BATCH_GROUPS = 200
+
+
+def check_purpose(purpose: str) -> None:
+    if purpose not in PURPOSES:
+        raise BadRequest(
+            f"purpose {purpose!r} is not supported; this service accepts purpose='fine-tune' "
+            "(a JSONL of trajectory groups)",
+            param="purpose",
+            code="invalid_purpose",
+        )
+
+
+async def upload_file(
+    sessionmaker: async_sessionmaker[AsyncSession], stream: IO[bytes], *, filename: str, purpose: str
+) -> File:
+    """Validate and store a JSONL upload; BadRequest naming the first bad line."""
+    check_purpose(purpose)
+    started = time.monotonic()
+    file_id, dataset_id = new_id("file"), new_id("ds")
+    async with sessionmaker() as session:
+        session.add(
+            Dataset(
+                id=dataset_id,
+                status="building",
+                source="file",
+                params={"file_id": file_id},
+                stats={},
+                heartbeat_at=utcnow(),
+            )
+        )
+        await session.commit()
+    writer = SnapshotWriter(
+        sessionmaker, dataset_id, source="file", scorer="", scorer_version="", max_listed_rejections=0
+    )
+    stats = BuildStats()
+    reader = GroupReader(stream)
+    no_signal = 0
+    try:
+        while True:
+            batch = await asyncio.to_thread(reader.next_batch, BATCH_GROUPS)
+            if not batch:
+                break
+            for group in batch:
+                rewards = [float(t["reward"]) for t in group.trajectories]
+                trainable = context_only = with_trainable = 0
+                for traj in group.trajectories:
+                    turns = count_turns(traj)
+                    trainable += turns.trainable
+                    context_only += turns.context_only
+                    with_trainable += turns.trainable > 0
+                stats.rows_read += len(rewards)
+                stats.windows += 1
+                stats.context_sources[FROM_FILE] += len(rewards)
+                if len(rewards) < 2 or max(rewards) == min(rewards):
+                    no_signal += 1
+                writer.add_group(group.scenario_id, rewards, group.trajectories, trainable)
+                stats.add_group(rewards, trainable, context_only, with_trainable)
+            await writer.flush()
+        if stats.groups_kept == 0:
+            raise LineError(max(reader.line, 1), "the file holds no trajectory group", "empty_file")
+    except LineError as exc:
+        await _remove(sessionmaker, dataset_id)
+        raise BadRequest(f"invalid JSONL file {filename!r}: {exc}", param="file", code=exc.code) from None
+    except BaseException:
+        await asyncio.shield(_remove(sessionmaker, dataset_id))
+        raise
+    stats.duration_s = time.monotonic() - started
+    stats.extra["groups_without_signal"] = no_signal
+    stats.extra["scorer"] = None
+    async with sessionmaker() as session:
+        dataset = await session.get(Dataset, dataset_id)
+        assert dataset is not None
+        dataset.status = "ready"
+        dataset.stats = stats.to_dict()
+        dataset.group_count = stats.groups_kept
+        dataset.trajectory_count = stats.rows_used
+        dataset.trainable_turns = stats.trainable_turns
+        dataset.finished_at = utcnow()
+        file = File(
+            id=file_id,
+            filename=filename[:255],
+            purpose=purpose,
+            bytes=reader.bytes,
+            status="processed",
+            dataset_id=dataset_id,
+        )
+        session.add(file)
+        await session.commit()
+        return file
+
+
+async def _remove(sessionmaker: async_sessionmaker[AsyncSession], dataset_id: str) -> None:
+    async with sessionmaker() as session:
+        await session.execute(sa.delete(DatasetGroup).where(DatasetGroup.dataset_id == dataset_id))
+        await session.execute(sa.delete(Dataset).where(Dataset.id == dataset_id))
+        await session.commit()
+
+
+async def get_file(session: AsyncSession, file_id: str) -> File:
+    file = await session.get(File, file_id)
+    if file is None:
+        raise NotFound(f"no file with id {file_id!r}", param="file_id", code="file_not_found")
+    return file
+
+
+async def list_files(
+    session: AsyncSession, *, purpose: str | None, after: str | None, limit: int, order: str
+) -> tuple[list[File], bool]:
+    query = sa.select(File)
+    if purpose is not None:
+        query = query.where(File.purpose == purpose)
+    newest_first = order == "desc"
+    if after is not None:
+        anchor = await session.get(File, after)
+        if anchor is None:
+            raise BadRequest(f"no file with id {after!r}", param="after", code="invalid_cursor")
+        if newest_first:
+            query = query.where(
+                sa.or_(
+                    File.created_at < anchor.created_at,
+                    sa.and_(File.created_at == anchor.created_at, File.id < anchor.id),
+                )
+            )
+        else:
+            query = query.where(
+                sa.or_(
+                    File.created_at > anchor.created_at,
+                    sa.and_(File.created_at == anchor.created_at, File.id > anchor.id),
+                )
+            )
+    ordering = (File.created_at.desc(), File.id.desc()) if newest_first else (File.created_at, File.id)
+    rows = list((await session.scalars(query.order_by(*ordering).limit(limit + 1))).all())
+    return rows[:limit], len(rows) > limit
+
+
+async def delete_file(session: AsyncSession, file_id: str) -> None:
+    """Delete the file and the dataset made from it (its groups go with it)."""
+    file = await get_file(session, file_id)
+    dataset_id = file.dataset_id
+    await session.delete(file)
+    await session.flush()
+    if dataset_id is not None:
+        await session.execute(sa.delete(DatasetGroup).where(DatasetGroup.dataset_id == dataset_id))
+        await session.execute(sa.delete(Dataset).where(Dataset.id == dataset_id))
+
+
+async def file_lines(
+    sessionmaker: async_sessionmaker[AsyncSession], dataset_id: str | None
+) -> AsyncIterator[bytes]:
+    """The file's groups as JSONL again (canonical JSON, one group per line), page by page."""
+    if dataset_id is None:
+        return
+    position = 0
+    while True:
+        async with sessionmaker() as session:
+            rows = (
+                await session.scalars(
+                    sa.select(DatasetGroup)
+                    .where(DatasetGroup.dataset_id == dataset_id, DatasetGroup.position >= position)
+                    .order_by(DatasetGroup.position)
+                    .limit(100)
+                )
+            ).all()
+        if not rows:
+            return
+        for row in rows:
+            yield (
+                orjson.dumps({"trajectories": row.trajectories, "metadata": {"scenario_id": row.scenario_id}})
+                + b"\n"
+            )
+        position = rows[-1].position + 1
