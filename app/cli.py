@@ -93,12 +93,12 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"training-control emulator: {exc}", file=sys.stderr)
         return 2
-    configure_logging(args.log_level.upper(), "console")
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as exc:
         print(f"training-control emulator: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    configure_logging(args.log_level.upper(), "console")
     print(f"W&B Training API emulator listening on {base_url_of(sock)}", flush=True)
     # Returns after a graceful stop on Ctrl-C; on SIGTERM uvicorn shuts down, then re-raises it.
     serve_forever(EmulatorState(config), sock, log_level=args.log_level)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.cli import build_parser
+from app.cli import build_parser, main
 from tests.fixtures.emulator import RemoteEmulator
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,17 +31,21 @@ def test_emulator_help_lists_its_options(capsys: pytest.CaptureFixture[str]) -> 
         assert option in out
 
 
-def test_emulator_refuses_invalid_settings() -> None:
-    result = subprocess.run(
-        [str(EXECUTABLE), "emulator", "--port", "0", "--gradient-steps", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+def test_emulator_refuses_invalid_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["emulator", "--port", "0", "--gradient-steps", "0"]) == 2
 
-    assert result.returncode == 2
-    assert "gradient_steps must be >= 1" in result.stderr
+    assert "gradient_steps must be >= 1" in capsys.readouterr().err
+
+
+def test_emulator_reports_a_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        assert main(["emulator", "--port", str(port)]) == 1
+
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 @pytest.fixture
