@@ -22,7 +22,13 @@ def window_id(hour: int) -> str:
 
 
 def env(balance: float = 1000.0, pnl: float = 0.0, positions: int = 0) -> dict[str, Any]:
-    return {"agentBalance": balance, "agentPnL": pnl, "openPositions": positions, "activeMarkets": 3, "timestamp": 1}
+    return {
+        "agentBalance": balance,
+        "agentPnL": pnl,
+        "openPositions": positions,
+        "activeMarkets": 3,
+        "timestamp": 1,
+    }
 
 
 def trade_step(
@@ -52,7 +58,9 @@ def trade_step(
     }
 
 
-def social_step(n: int = 1, *, kind: str = "CREATE_POST", success: bool = True, reward: Any = 0.1, pnl: float = 0.0) -> dict[str, Any]:
+def social_step(
+    n: int = 1, *, kind: str = "CREATE_POST", success: bool = True, reward: Any = 0.1, pnl: float = 0.0
+) -> dict[str, Any]:
     key = "postId" if kind == "CREATE_POST" else "commentId"
     value = f"{key}-{n}" if success else None
     step: dict[str, Any] = {
@@ -69,13 +77,21 @@ def social_step(n: int = 1, *, kind: str = "CREATE_POST", success: bool = True, 
     return step
 
 
-def plugin_step(n: int = 0, *, action_name: str = "BUY_SHARES", reward: float = 0.1, pnl: float = 5.0) -> dict[str, Any]:
+def plugin_step(
+    n: int = 0, *, action_name: str = "BUY_SHARES", reward: float = 0.1, pnl: float = 5.0
+) -> dict[str, Any]:
     """The plugin logger's superset format; its actionType may still be the placeholder."""
     return {
         "stepId": f"step-{n}",
         "stepNumber": n,
         "timestamp": 1763201100412 + n,
-        "environmentState": {"timestamp": 1, "agentBalance": 1000, "agentPoints": 42, "agentPnL": pnl, "openPositions": 0},
+        "environmentState": {
+            "timestamp": 1,
+            "agentBalance": 1000,
+            "agentPoints": 42,
+            "agentPnL": pnl,
+            "openPositions": 0,
+        },
         "observation": {},
         "llmCalls": [
             {

@@ -107,8 +107,12 @@ async def test_time_range_selects_rows_by_end_time(make_pipeline: MakePipeline, 
     assert {g["scenario_id"] for g in groups} == {windows[1]}
 
 
-async def test_trajectory_ids_select_exactly_those_rows(make_pipeline: MakePipeline, generated_dsn: str) -> None:
-    rows = await _game_rows(generated_dsn, '"isTrainingData" AND NOT "usedInTraining" AND "stepsJson" <> \'[]\'')
+async def test_trajectory_ids_select_exactly_those_rows(
+    make_pipeline: MakePipeline, generated_dsn: str
+) -> None:
+    rows = await _game_rows(
+        generated_dsn, '"isTrainingData" AND NOT "usedInTraining" AND "stepsJson" <> \'[]\''
+    )
     chosen = sorted(r["trajectoryId"] for r in rows)[:7]
     async with make_pipeline(generated_dsn) as p:
         ds = await p.build(trajectory_ids=chosen, min_agents=1, max_group_size=8, max_groups_per_window=4)
@@ -143,7 +147,9 @@ async def _settled_rows_visited(dsn: str) -> int:
         last = now
 
 
-async def test_a_build_over_many_windows_reads_each_row_once(make_pipeline: MakePipeline, generated_dsn: str) -> None:
+async def test_a_build_over_many_windows_reads_each_row_once(
+    make_pipeline: MakePipeline, generated_dsn: str
+) -> None:
     # Babylon's own trainer scans the whole table once per window (RESULTS.md, "anchor");
     # the builder's single ordered pass touches each selected row exactly once.
     all_rows = await _game_rows(generated_dsn, "true")
@@ -166,7 +172,9 @@ async def test_dataset_is_a_frozen_snapshot_unchanged_after_the_game_db_changes(
         assert before_groups
         game = GameDB(dsn)
         await game.execute('UPDATE trajectories SET "stepsJson" = \'[]\', "totalReward" = 99')
-        await game.execute('DELETE FROM trajectories WHERE "agentId" IN (SELECT "agentId" FROM trajectories LIMIT 1)')
+        await game.execute(
+            'DELETE FROM trajectories WHERE "agentId" IN (SELECT "agentId" FROM trajectories LIMIT 1)'
+        )
         after = (await p.client.get(f"/v1/datasets/{ds['id']}")).json()
         after_groups = await p.groups(ds["id"])
         rebuilt = await p.build(min_agents=2)
@@ -230,10 +238,12 @@ async def test_datasets_list_newest_first_with_cursor_pages(pipeline: Pipeline, 
     first = (await pipeline.client.get("/v1/datasets", params={"limit": 2})).json()
     assert first["object"] == "list"
     assert [d["id"] for d in first["data"]] == ids[::-1][:2]
-    assert first["has_more"] is True and first["last_id"] == ids[1]
+    assert first["has_more"] is True
+    assert first["last_id"] == ids[1]
     rest = (await pipeline.client.get("/v1/datasets", params={"limit": 2, "after": first["last_id"]})).json()
     assert [d["id"] for d in rest["data"]] == [ids[0]]
     assert rest["has_more"] is False
     assert (await pipeline.client.get("/v1/datasets/ds-missing")).status_code == 404
     bad = await pipeline.client.get("/v1/datasets", params={"after": "ds-missing"})
-    assert bad.status_code == 400 and bad.json()["error"]["param"] == "after"
+    assert bad.status_code == 400
+    assert bad.json()["error"]["param"] == "after"
