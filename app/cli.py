@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
@@ -49,15 +50,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if asyncio.run(_active_key_count(settings)) == 0:
             print(f"training-control: {NO_API_KEY_MESSAGE}", file=sys.stderr)
             return 2
-    uvicorn.run(
-        "app.main:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_config=None,
-        access_log=False,
-        proxy_headers=True,
-    )
+    options = {
+        "host": args.host,
+        "port": args.port,
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": True,
+    }
+    if args.workers == 1:
+        from app.main import create_app
+
+        # The settings already read (and the W&B key already scrubbed from os.environ) are the
+        # app's: re-reading the environment would find the key gone.
+        uvicorn.run(create_app(settings), **options)
+    else:
+        # Worker processes import the app and read their settings themselves, so the key must
+        # stay in this supervisor's environment for them; each worker scrubs its own copy.
+        secrets_for_workers = {"WANDB_API_KEY": settings.wandb_api_key} if settings.wandb_api_key else {}
+        os.environ.update({k: v.get_secret_value() for k, v in secrets_for_workers.items()})
+        uvicorn.run("app.main:app", workers=args.workers, **options)
     return 0
 
 
@@ -106,10 +117,21 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    print(
-        "training-control demo: not available yet (it needs the pipeline, jobs and gateway)", file=sys.stderr
+    from pathlib import Path
+
+    from app.demo.output import Reporter
+    from app.demo.runner import Demo, DemoOptions
+
+    options = DemoOptions(
+        workdir=Path(args.workdir).resolve(),
+        windows=args.windows,
+        agents=args.agents,
+        seed=args.seed,
+        pace_s=args.pace_s,
+        babylon_db=args.babylon_db,
+        keep_running=args.keep_running,
     )
-    return 2
+    return Demo(options, Reporter(json_mode=args.json)).run()
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -194,7 +216,22 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.set_defaults(func=cmd_emulator)
 
     demo = sub.add_parser("demo", help="run the whole loop on SQLite and the emulator, no keys needed")
-    demo.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    demo.add_argument("--json", action="store_true", help="print a machine-readable summary instead")
+    demo.add_argument("--workdir", default="./data/demo", help="where the demo keeps its database and logs")
+    demo.add_argument(
+        "--windows", type=int, default=3, choices=range(1, 25), metavar="1-24", help="hourly windows"
+    )
+    demo.add_argument(
+        "--agents", type=int, default=5, choices=range(3, 6), metavar="3-5", help="agents per window"
+    )
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--pace-s", type=float, default=0.2, help="emulated seconds per training event")
+    demo.add_argument(
+        "--babylon-db",
+        metavar="URL",
+        help="write the game into this Postgres (the game's schema) and read it back",
+    )
+    demo.add_argument("--keep-running", action="store_true", help="keep the service up after the demo")
     demo.set_defaults(func=cmd_demo)
 
     keys = sub.add_parser("keys", help="manage client API keys")
