@@ -140,7 +140,7 @@ async def test_keys_are_compared_in_constant_time(app: FastAPI, monkeypatch: pyt
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(keys_service.hmac, "compare_digest", spy)
+    monkeypatch.setattr("app.keys.service.hmac.compare_digest", spy)
     async with asgi_client(app) as client:
         assert (await client.get("/metrics")).status_code == 200
     assert calls, "the bootstrap key was compared without hmac.compare_digest"
