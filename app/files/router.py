@@ -68,7 +68,8 @@ async def delete_file(file_id: str, session: SessionDep) -> FileDeleted:
 @router.get("/{file_id}/content", responses=error_responses(404))
 async def file_content(file_id: str, request: Request, session: SessionDep) -> StreamingResponse:
     """The file's groups as JSONL (re-serialised canonically: same groups, compact JSON)."""
-    file = await service.get_file(session, file_id)
-    return StreamingResponse(
-        service.file_lines(request.app.state.sessionmaker, file.dataset_id), media_type="application/jsonl"
-    )
+    dataset_id = (await service.get_file(session, file_id)).dataset_id
+    # end this read before streaming: the stream pages with its own short sessions, and an
+    # open transaction here would hold SQLite's lock (every transaction begins IMMEDIATE)
+    await session.rollback()
+    return StreamingResponse(service.file_lines(request.app.state.sessionmaker, dataset_id), media_type="application/jsonl")
