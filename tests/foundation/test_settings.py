@@ -132,17 +132,23 @@ ENTRY_POINTS = {
 }
 
 
-@pytest.mark.parametrize("entry", list(ENTRY_POINTS))
+BAD_VALUES = {"DATABASE_URL": "mysql://root@localhost/x", "LOG_FORMAT": "xml"}
+
+
 @pytest.mark.parametrize(
-    ("variable", "value"), [("DATABASE_URL", "mysql://root@localhost/x"), ("LOG_FORMAT", "xml")]
+    ("entry", "variable"),
+    [
+        ("training-control migrate", "DATABASE_URL"),
+        ("training-control serve", "LOG_FORMAT"),
+        ("uvicorn app.main:app", "DATABASE_URL"),
+        ("uvicorn app.main:app", "LOG_FORMAT"),
+    ],
 )
-def test_bad_setting_stops_the_process_with_one_line(
-    entry: str, variable: str, value: str, tmp_path: Path
-) -> None:
+def test_bad_setting_stops_the_process_with_one_line(entry: str, variable: str, tmp_path: Path) -> None:
     proc = run(
         ENTRY_POINTS[entry](free_port()),
         cwd=tmp_path,
-        env=clean_env(**{variable: value, "ENVIRONMENT": "development"}),
+        env=clean_env(**{variable: BAD_VALUES[variable], "ENVIRONMENT": "development"}),
         timeout=60,
     )
     assert proc.returncode != 0
