@@ -218,13 +218,13 @@ def _body_type_error(request: Request, errors: list[dict[str, Any]]) -> AppError
                 param="content-type",
             )
         return None
-    whole_body = [e for e in errors if tuple(e.get("loc", ())) == ("body",)]
-    if not whole_body:
-        return None
     if not _is_json(media_type) and (media_type is not None or _has_body(request)):
         return UnsupportedMediaType(
             f"Content-Type must be application/json, got {media_type or 'none'}", param="content-type"
         )
+    whole_body = [e for e in errors if tuple(e.get("loc", ())) == ("body",)]
+    if not whole_body:
+        return None
     if whole_body[0].get("type") == "missing":
         return Unprocessable("the request body is required: send a JSON object", code="missing_body")
     return Unprocessable(

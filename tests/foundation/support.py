@@ -100,6 +100,11 @@ def make_test_router() -> APIRouter:
     async def echo_item(body: ItemIn) -> dict[str, str]:
         return {"name": body.name}
 
+    @router.post("/pairs")
+    async def echo_pair(left: ItemIn, right: ItemIn) -> dict[str, str]:
+        """Two body parameters: FastAPI embeds them as {"left": …, "right": …}."""
+        return {"left": left.name, "right": right.name}
+
     @router.get("/items/{item_id}")
     async def get_item(item_id: str) -> dict[str, str]:
         return {"id": item_id}

@@ -86,6 +86,16 @@ class TestBadInput:
         assert "application/json" in error["message"]
         assert named in error["message"]
 
+    async def test_route_with_several_body_parameters_given_text_is_415(
+        self, test_client: httpx.AsyncClient
+    ) -> None:
+        response = await test_client.post(
+            "/v1/_test/pairs", content=b"left=a", headers={"content-type": "text/plain"}
+        )
+        assert error_of(response, 415)["param"] == "content-type"
+        ok = await test_client.post("/v1/_test/pairs", json={"left": {"name": "a"}, "right": {"name": "b"}})
+        assert ok.json() == {"left": "a", "right": "b"}
+
     async def test_json_with_a_charset_is_accepted(self, test_client: httpx.AsyncClient) -> None:
         response = await test_client.post(
             "/v1/_test/items",
