@@ -15,6 +15,7 @@ SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _HEADER_FIXED = len(SIGNATURE) + 8  # signature, int32 flags, int32 extension length
 _INT32 = struct.Struct("!i").unpack_from
 _INT16 = struct.Struct("!h").unpack_from
+_INT16_INT32 = struct.Struct("!hi").unpack_from
 
 Row = tuple[bytes | None, ...]
 
@@ -59,8 +60,30 @@ class BinaryCopyDecoder:
             self._header_read = True
         rows: list[Row] = []
         append = rows.append
-        while pos + 2 <= end:
-            nfields = _INT16(buf, pos)[0]
+        while pos + 6 <= end:
+            nfields, length = _INT16_INT32(buf, pos)
+            if nfields == 2:
+                # the reader's rows (meta, steps): one struct call per field, no inner loop
+                p = pos + 6
+                if length < 0 or p + length + 4 > end:
+                    if length < 0:
+                        pass  # NULL first field: the general path below handles it
+                    else:
+                        break
+                else:
+                    first = buf[p : p + length]
+                    p += length
+                    second_length = _INT32(buf, p)[0]
+                    p += 4
+                    if second_length < 0:
+                        append((first, None))
+                        pos = p
+                        continue
+                    if p + second_length > end:
+                        break
+                    append((first, buf[p : p + second_length]))
+                    pos = p + second_length
+                    continue
             if nfields == -1:
                 self._done = True
                 pos += 2
@@ -86,6 +109,11 @@ class BinaryCopyDecoder:
                 break
             append(tuple(fields))
             pos = p
+        else:
+            # fewer than 6 bytes left: only the 2-byte trailer can be complete
+            if pos + 2 <= end and _INT16(buf, pos)[0] == -1:
+                self._done = True
+                pos += 2
         self._buffer = buf[pos:] if pos < end else b""
         self.rows_decoded += len(rows)
         return rows

@@ -10,12 +10,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.datasets.models import Dataset, DatasetGroup, DatasetRejection
-from app.db import utcnow
+from app.db import UTCDateTime, utcnow
 from app.scoring.models import TrajectoryScore
 from app.scoring.registry import ScoreResult
 
@@ -27,10 +29,51 @@ def _clip(value: str | None, limit: int) -> str | None:
     return None if value is None else value[:limit]
 
 
-def score_upsert(dialect: str, rows: list[dict[str, Any]]) -> sa.Insert:
-    """INSERT … ON CONFLICT (trajectory, scorer, version) DO UPDATE: a re-score replaces."""
+def _param(name: str, type_: Any = None) -> sa.BindParameter[Any]:
+    # "p_" prefix: a bound parameter may not share its name with a column of the INSERT
+    return sa.bindparam(f"p_{name}", type_=type_)
+
+
+def _json_param(dialect: str, name: str) -> sa.ColumnElement[Any]:
+    """A JSON column's value passed as text already serialised (orjson): SQLAlchemy's JSON
+    type would run the stdlib encoder, the slowest step of writing a large snapshot."""
+    param = _param(name, sa.Text())
+    return sa.cast(param, JSONB) if dialect == "postgresql" else param
+
+
+def _row(values: dict[str, Any]) -> dict[str, Any]:
+    return {f"p_{k}": v for k, v in values.items()}
+
+
+def group_insert(dialect: str) -> sa.Insert:
+    return sa.insert(DatasetGroup).values(
+        dataset_id=_param("dataset_id"),
+        position=_param("position"),
+        scenario_id=_param("scenario_id"),
+        rewards=_json_param(dialect, "rewards"),
+        trajectories=_json_param(dialect, "trajectories"),
+        trainable_turns=_param("trainable_turns"),
+    )
+
+
+def score_upsert(dialect: str) -> sa.Insert:
+    """INSERT … ON CONFLICT (trajectory, scorer, version) DO UPDATE: a re-score replaces.
+    Executed with a list of rows (executemany): compiled once, not once per row."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(TrajectoryScore).values(rows)
+    stmt = insert(TrajectoryScore).values(
+        trajectory_id=_param("trajectory_id"),
+        source=_param("source"),
+        window_id=_param("window_id"),
+        agent_id=_param("agent_id"),
+        scorer=_param("scorer"),
+        scorer_version=_param("scorer_version"),
+        score=_param("score"),
+        components=_json_param(dialect, "components"),
+        reasoning=_param("reasoning"),
+        dataset_id=_param("dataset_id"),
+        created_at=_param("created_at", UTCDateTime()),
+        updated_at=_param("updated_at", UTCDateTime()),
+    )
     excluded = stmt.excluded
     return stmt.on_conflict_do_update(
         index_elements=["trajectory_id", "scorer", "scorer_version"],
@@ -45,6 +88,10 @@ def score_upsert(dialect: str, rows: list[dict[str, Any]]) -> sa.Insert:
             "updated_at": excluded.updated_at,
         },
     )
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 class SnapshotWriter:
@@ -69,25 +116,34 @@ class SnapshotWriter:
         self._groups: list[dict[str, Any]] = []
         self._scores: dict[str, dict[str, Any]] = {}
         self._rejections: list[dict[str, Any]] = []
+        self._pending_trajectories = 0
 
     @property
     def pending_scores(self) -> int:
         return len(self._scores)
 
+    @property
+    def pending_trajectories(self) -> int:
+        return self._pending_trajectories
+
     def add_group(
         self, scenario_id: str, rewards: list[float], trajectories: list[dict[str, Any]], trainable_turns: int
     ) -> None:
+        # serialised now: pending groups are held as compact JSON text, not object graphs
         self._groups.append(
-            {
-                "dataset_id": self.dataset_id,
-                "position": self.position,
-                "scenario_id": scenario_id[:ID_MAX],
-                "rewards": rewards,
-                "trajectories": trajectories,
-                "trainable_turns": trainable_turns,
-            }
+            _row(
+                {
+                    "dataset_id": self.dataset_id,
+                    "position": self.position,
+                    "scenario_id": scenario_id[:ID_MAX],
+                    "rewards": _dumps(rewards),
+                    "trajectories": _dumps(trajectories),
+                    "trainable_turns": trainable_turns,
+                }
+            )
         )
         self.position += 1
+        self._pending_trajectories += len(trajectories)
 
     def add_score(
         self, trajectory_id: str, window_id: str | None, agent_id: str | None, result: ScoreResult
@@ -95,23 +151,23 @@ class SnapshotWriter:
         # keyed by trajectory: one statement must not upsert the same row twice
         now = utcnow()
         self._scores[trajectory_id] = {
-            "trajectory_id": trajectory_id[:ID_MAX],
-            "source": self._source,
-            "window_id": _clip(window_id, ID_MAX),
-            "agent_id": _clip(agent_id, ID_MAX),
-            "scorer": self._scorer,
-            "scorer_version": self._scorer_version,
-            "score": result.score,
-            "components": result.components,
-            "reasoning": result.reasoning,
-            "dataset_id": self.dataset_id,
-            "created_at": now,
-            "updated_at": now,
+            "p_trajectory_id": trajectory_id[:ID_MAX],
+            "p_source": self._source,
+            "p_window_id": _clip(window_id, ID_MAX),
+            "p_agent_id": _clip(agent_id, ID_MAX),
+            "p_scorer": self._scorer,
+            "p_scorer_version": self._scorer_version,
+            "p_score": float(result.score),
+            "p_components": _dumps(result.components),
+            "p_reasoning": result.reasoning,
+            "p_dataset_id": self.dataset_id,
+            "p_created_at": now,
+            "p_updated_at": now,
         }
 
-    def take_scores(self) -> list[dict[str, Any]]:
-        """The scores added since the last flush (for the write-back to the game)."""
-        return list(self._scores.values())
+    def take_scores(self) -> list[tuple[str, float, str | None]]:
+        """(trajectory id, score, reasoning) added since the last flush, for the game's write-back."""
+        return [(s["p_trajectory_id"], s["p_score"], s["p_reasoning"]) for s in self._scores.values()]
 
     def add_rejection(
         self,
@@ -140,10 +196,9 @@ class SnapshotWriter:
         async with self._sessionmaker() as session:
             dialect = session.get_bind().dialect.name
             if self._groups:
-                await session.execute(sa.insert(DatasetGroup), self._groups)
-            scores = list(self._scores.values())
-            for i in range(0, len(scores), 500):
-                await session.execute(score_upsert(dialect, scores[i : i + 500]))
+                await session.execute(group_insert(dialect), self._groups)
+            if self._scores:
+                await session.execute(score_upsert(dialect), list(self._scores.values()))
             if self._rejections:
                 await session.execute(sa.insert(DatasetRejection), self._rejections)
             values: dict[str, Any] = {"heartbeat_at": utcnow()}
@@ -154,6 +209,7 @@ class SnapshotWriter:
         self._groups.clear()
         self._scores.clear()
         self._rejections.clear()
+        self._pending_trajectories = 0
 
     async def discard(self) -> None:
         """Remove a failed build's partial snapshot (its scores stay: each is a valid score)."""
