@@ -348,7 +348,9 @@ async def list_jobs(
     if metadata_null:
         # None is stored as JSON null (not SQL NULL) by the JSON type: accept both
         query = query.where(
-            sa.or_(FineTuningJob.job_metadata.is_(None), sa.cast(FineTuningJob.job_metadata, sa.Text) == "null")
+            sa.or_(
+                FineTuningJob.job_metadata.is_(None), sa.cast(FineTuningJob.job_metadata, sa.Text) == "null"
+            )
         )
     for key, value in (metadata or {}).items():
         query = query.where(FineTuningJob.job_metadata[key].as_string() == value)

@@ -10,6 +10,7 @@ and never see what ART's `.env` loading added.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import threading
@@ -36,10 +37,10 @@ def import_art() -> ModuleType:
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)
         try:
-            pass
+            module = importlib.import_module("art")
+            importlib.import_module("art.serverless.backend")
         finally:
             restore_environment(before)
-        module: ModuleType = sys.modules["art"]
         return module
 
 

@@ -572,6 +572,14 @@ class JobRunner:
             for event in events:
                 if ended or failure is not None:
                     break
+                if event.type == "training_ended":
+                    # the cursor stays before the final event: a worker that stops before the
+                    # checkpoint is recorded reads it again when it resumes
+                    ended = True
+                    break
+                if event.type == "training_failed":
+                    failure = str(event.data.get("error_message") or "Training failed with an unknown error")
+                    break
                 row.last_event_id = event.id
                 if event.type == "training_started":
                     row.num_sequences = int(event.data.get("num_sequences") or 0) or None
@@ -595,10 +603,6 @@ class JobRunner:
                         type_="metrics",
                         data={"step": row.number, "gradient_step": row.gradient_steps, **values},
                     )
-                elif event.type == "training_ended":
-                    ended = True
-                elif event.type == "training_failed":
-                    failure = str(event.data.get("error_message") or "Training failed with an unknown error")
             row.metric_sums = sums
             row.last_event_at = utcnow()
         return ended, failure

@@ -20,6 +20,12 @@ class WorkerSettings(BaseModel):
     event_poll_interval_s: float = Field(1.0, gt=0, description="how often remote training events are polled")
     step_watchdog_s: float = Field(3600.0, gt=0, description="fail a step that shows no event for this long")
     remote_timeout_s: float = Field(60.0, gt=0, description="timeout of one call to the W&B API")
+    remote_get_retries: int = Field(
+        3,
+        ge=0,
+        le=10,
+        description="retries of a failed W&B GET/DELETE inside ART's client (POSTs never retry)",
+    )
     max_concurrent_jobs: int = Field(4, ge=1, description="jobs one worker runs at the same time")
     submit_resolution_s: float = Field(
         900.0,

@@ -99,7 +99,7 @@ def classify(exc: BaseException) -> RemoteError:
 class WandbTraining:
     """One ServerlessBackend (one HTTP connection pool) shared by a worker's jobs."""
 
-    def __init__(self, *, api_key: str, base_url: str, timeout_s: float) -> None:
+    def __init__(self, *, api_key: str, base_url: str, timeout_s: float, get_retries: int = 3) -> None:
         import_art()
         from art.serverless.backend import ServerlessBackend
 
@@ -107,9 +107,10 @@ class WandbTraining:
         self._client = self._backend._client
         # ART's client waits 600 s per request; ours is bounded per attempt (GETs retry 3×).
         self._client.timeout = httpx.Timeout(timeout_s, connect=min(5.0, timeout_s))
+        self._client.max_retries = get_retries  # ART's client sets 0 for POSTs itself
         self._timeout_s = timeout_s
-        # the client retries a GET up to 3 times with ≤8 s backoff: bound the whole call too
-        self._get_deadline_s = timeout_s * 4 + 20.0
+        # the client retries a GET with up to 8 s backoff: bound the whole call too
+        self._get_deadline_s = timeout_s * (get_retries + 1) + 8.0 * get_retries + 5.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> WandbTraining:
@@ -119,6 +120,7 @@ class WandbTraining:
             api_key=settings.wandb_api_key.get_secret_value(),
             base_url=settings.wandb_base_url,
             timeout_s=settings.worker.remote_timeout_s,
+            get_retries=settings.worker.remote_get_retries,
         )
 
     async def close(self) -> None:

@@ -30,8 +30,9 @@ FAST_WORKER: dict[str, Any] = {
     "remote_timeout_s": 2.0,
     "submit_resolution_s": 3.0,
     "checkpoint_wait_s": 2.0,
-    "step_watchdog_s": 5.0,
+    "step_watchdog_s": 20.0,  # generous: the machine running the tests may be loaded
     "shutdown_grace_s": 3.0,
+    "remote_get_retries": 1,
 }
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -103,7 +104,9 @@ async def wait_for_job(
         await asyncio.sleep(0.05)
 
 
-async def wait_until(predicate: Callable[[], Any], *, timeout_s: float = 30.0, what: str = "condition") -> None:
+async def wait_until(
+    predicate: Callable[[], Any], *, timeout_s: float = 30.0, what: str = "condition"
+) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:

@@ -22,14 +22,21 @@ def choice(content: str, token_id: int = 33907) -> dict[str, Any]:
         "message": {"role": "assistant", "content": content},
         "logprobs": {
             "content": [
-                {"token": f"token_id:{token_id}", "bytes": list(content[:3].encode()), "logprob": -0.41, "top_logprobs": []}
+                {
+                    "token": f"token_id:{token_id}",
+                    "bytes": list(content[:3].encode()),
+                    "logprob": -0.41,
+                    "top_logprobs": [],
+                }
             ],
             "refusal": None,
         },
     }
 
 
-def trajectory(reward: float, scenario_id: str, *, trainable: bool = True, agent: str = "a1") -> dict[str, Any]:
+def trajectory(
+    reward: float, scenario_id: str, *, trainable: bool = True, agent: str = "a1"
+) -> dict[str, Any]:
     answer = f"BUY YES on market {int(reward * 100)}"
     assistant = choice(answer) if trainable else {"role": "assistant", "content": answer}
     return {
@@ -60,7 +67,9 @@ async def make_dataset(
     for g in range(groups):
         scenario = f"2025-11-14T{g:02d}:00"
         rewards = [round(0.1 + 0.8 * (i + g) / (per_group + groups), 4) for i in range(per_group)]
-        trajectories = [trajectory(r, scenario, trainable=trainable, agent=f"a{i}") for i, r in enumerate(rewards)]
+        trajectories = [
+            trajectory(r, scenario, trainable=trainable, agent=f"a{i}") for i, r in enumerate(rewards)
+        ]
         rows.append(
             DatasetGroup(
                 dataset_id=dataset_id,
@@ -77,7 +86,9 @@ async def make_dataset(
         source="pushed",
         params={},
         stats={},
-        error={"code": "build_failed", "message": "the game DB was unreachable"} if status == "failed" else None,
+        error={"code": "build_failed", "message": "the game DB was unreachable"}
+        if status == "failed"
+        else None,
         group_count=groups if status == "ready" else 0,
         trajectory_count=groups * per_group if status == "ready" else 0,
         trainable_turns=(groups * per_group if trainable else 0) if status == "ready" else 0,

@@ -16,7 +16,9 @@ from tests.jobs.factories import make_dataset
 BASE = "OpenPipe/Qwen3-14B-Instruct"
 
 
-async def test_create_returns_an_openai_job_object_that_is_queued_with_defaults(start_service: StartService) -> None:
+async def test_create_returns_an_openai_job_object_that_is_queued_with_defaults(
+    start_service: StartService,
+) -> None:
     async with start_service(run_worker=False) as svc:
         ds = await make_dataset(svc.sessionmaker, groups=5)
         job = await svc.sdk.fine_tuning.jobs.create(
@@ -29,15 +31,20 @@ async def test_create_returns_an_openai_job_object_that_is_queued_with_defaults(
         assert job.training_file == ds.id
         assert job.seed == 7
         assert job.metadata == {"team": "babylon"}
-        assert job.fine_tuned_model is None and job.finished_at is None and job.error is None
+        assert job.fine_tuned_model is None
+        assert job.finished_at is None
+        assert job.error is None
         hp = job.hyperparameters.model_dump()
         assert hp["batch_size"] == 4  # OpenAI's name for groups per step
         extra: dict[str, Any] = job.model_extra or {}
         assert extra["steps"] == {"completed": 0, "total": 2}  # 5 groups / 4 per step
-        assert job.method is not None and job.method.type == "reinforcement"
-        assert job.integrations is not None and job.integrations[0].wandb.name == "agent-x"
+        assert job.method is not None
+        assert job.method.type == "reinforcement"
+        assert job.integrations is not None
+        assert job.integrations[0].wandb.name == "agent-x"
         again = await svc.sdk.fine_tuning.jobs.retrieve(job.id)
-        assert again.id == job.id and again.status == "queued"
+        assert again.id == job.id
+        assert again.status == "queued"
         events = [e.message for e in (await svc.sdk.fine_tuning.jobs.list_events(job.id)).data]
         assert events[0].startswith("Job queued: 2 training steps")
         assert any("Validated training file" in m for m in events)
@@ -73,8 +80,10 @@ async def test_reinforcement_method_hyperparameters_are_applied_and_defaults_fil
         )
         hp = job.hyperparameters.model_dump()
         assert hp["learning_rate"] == 1e-5
-        assert hp["groups_per_step"] == 1 and hp["n_epochs"] == 2
-        assert hp["ppo"] is True and hp["epsilon_high"] == 0.28
+        assert hp["groups_per_step"] == 1
+        assert hp["n_epochs"] == 2
+        assert hp["ppo"] is True
+        assert hp["epsilon_high"] == 0.28
         assert hp["importance_sampling_level"] == "sequence"
         assert hp["kimi_k2_tau"] is None  # not given: default
         assert (job.model_extra or {})["steps"]["total"] == 6  # 3 groups × 2 epochs
@@ -120,7 +129,10 @@ async def test_invalid_hyperparameters_are_400_naming_the_field(
         ({"model": "Qwen/Qwen2.5-0.5B-Instruct"}, "model", "model_not_available"),
         ({"method": {"type": "supervised"}}, "method.type", "unsupported_method"),
         (
-            {"hyperparameters": {"n_epochs": 1}, "method": {"type": "reinforcement", "reinforcement": {"hyperparameters": {"n_epochs": 2}}}},
+            {
+                "hyperparameters": {"n_epochs": 1},
+                "method": {"type": "reinforcement", "reinforcement": {"hyperparameters": {"n_epochs": 2}}},
+            },
             "hyperparameters",
             "invalid_hyperparameters",
         ),
@@ -128,7 +140,11 @@ async def test_invalid_hyperparameters_are_400_naming_the_field(
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "invalid_metadata"),
         ({"metadata": {"n": 3}}, "metadata.n", "invalid_metadata"),
         ({"validation_file": "file-abc"}, "validation_file", "unsupported_parameter"),
-        ({"extra_body": {"webhook_url": "http://127.0.0.1:1/hook"}}, "webhook_url", "webhooks_not_configured"),
+        (
+            {"extra_body": {"webhook_url": "http://127.0.0.1:1/hook"}},
+            "webhook_url",
+            "webhooks_not_configured",
+        ),
     ],
 )
 async def test_invalid_create_requests_are_400_with_param_and_code(
@@ -166,18 +182,24 @@ async def test_training_data_must_exist_be_ready_and_trainable(start_service: St
         assert body["code"] == "no_trainable_data"
         assert body["param"] == "training_file"
         # the message says how to get logprobs into the data
-        assert "/v1/chat/completions" in body["message"] and "metadata.trajectory_id" in body["message"]
+        assert "/v1/chat/completions" in body["message"]
+        assert "metadata.trajectory_id" in body["message"]
 
 
-async def test_list_pages_through_25_jobs_newest_first_without_gaps_or_repeats(start_service: StartService) -> None:
+async def test_list_pages_through_25_jobs_newest_first_without_gaps_or_repeats(
+    start_service: StartService,
+) -> None:
     async with start_service(run_worker=False) as svc:
         ds = await make_dataset(svc.sessionmaker, groups=2)
         created = [
-            (await svc.sdk.fine_tuning.jobs.create(model=BASE, training_file=ds.id, metadata={"i": str(i)})).id
+            (
+                await svc.sdk.fine_tuning.jobs.create(model=BASE, training_file=ds.id, metadata={"i": str(i)})
+            ).id
             for i in range(25)
         ]
         first = await svc.sdk.fine_tuning.jobs.list(limit=10)
-        assert len(first.data) == 10 and first.has_more is True
+        assert len(first.data) == 10
+        assert first.has_more is True
         assert [j.id for j in first.data] == created[::-1][:10]
         seen = [job.id async for job in await svc.sdk.fine_tuning.jobs.list(limit=10)]
         assert seen == created[::-1]
@@ -191,8 +213,12 @@ async def test_list_pages_through_25_jobs_newest_first_without_gaps_or_repeats(s
 async def test_list_filters_by_metadata(start_service: StartService) -> None:
     async with start_service(run_worker=False) as svc:
         ds = await make_dataset(svc.sessionmaker, groups=2)
-        a = await svc.sdk.fine_tuning.jobs.create(model=BASE, training_file=ds.id, metadata={"team": "red", "env": "prod"})
-        b = await svc.sdk.fine_tuning.jobs.create(model=BASE, training_file=ds.id, metadata={"team": "blue", "env": "prod"})
+        a = await svc.sdk.fine_tuning.jobs.create(
+            model=BASE, training_file=ds.id, metadata={"team": "red", "env": "prod"}
+        )
+        b = await svc.sdk.fine_tuning.jobs.create(
+            model=BASE, training_file=ds.id, metadata={"team": "blue", "env": "prod"}
+        )
         c = await svc.sdk.fine_tuning.jobs.create(model=BASE, training_file=ds.id)
         red = await svc.sdk.fine_tuning.jobs.list(metadata={"team": "red"})
         assert [j.id for j in red.data] == [a.id]
@@ -212,17 +238,23 @@ async def test_same_idempotency_key_returns_the_same_job(start_service: StartSer
         two = await svc.sdk.fine_tuning.jobs.create(model=BASE, training_file=ds.id, extra_headers=headers)
         assert one.id == two.id
         with pytest.raises(openai.ConflictError) as err:
-            await svc.sdk.fine_tuning.jobs.create(model=BASE, training_file=ds.id, suffix="other", extra_headers=headers)
+            await svc.sdk.fine_tuning.jobs.create(
+                model=BASE, training_file=ds.id, suffix="other", extra_headers=headers
+            )
         assert (err.value.body or {})["code"] == "idempotency_key_reused"  # type: ignore[index]
 
 
-async def test_ten_concurrent_creates_with_one_idempotency_key_make_one_job(start_service: StartService) -> None:
+async def test_ten_concurrent_creates_with_one_idempotency_key_make_one_job(
+    start_service: StartService,
+) -> None:
     async with start_service(run_worker=False) as svc:
         ds = await make_dataset(svc.sessionmaker)
         headers = {"Idempotency-Key": "burst-1"}
         jobs = await asyncio.gather(
             *(
-                svc.sdk.fine_tuning.jobs.create(model=BASE, training_file=ds.id, suffix="burst", extra_headers=headers)
+                svc.sdk.fine_tuning.jobs.create(
+                    model=BASE, training_file=ds.id, suffix="burst", extra_headers=headers
+                )
                 for _ in range(10)
             )
         )
