@@ -428,10 +428,13 @@ class Gateway:
 
 
 async def _wait_for_disconnect(receive: Receive, call: GatewayCall) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                break
+    except Exception:  # a server that cannot tell us: nothing to watch
+        return
     if not call.finished and call.task is not None:
         call.client_gone = True
         call.task.cancel()
@@ -474,7 +477,7 @@ class StreamRelay(Response):
         call = self.call
         gateway = self.gateway
         upstream = self.upstream
-        status = 200
+        status = CLIENT_CLOSED_STATUS  # unless the stream reaches its end
         try:
             now = time.perf_counter()
             await send(
@@ -509,15 +512,20 @@ class StreamRelay(Response):
             call.finished = True
             gateway._stop_watcher(call)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+            status = 200
         except asyncio.CancelledError:
             if not gateway._absorb_client_gone(call):
+                call.error_code = call.error_code or "cancelled"
                 raise
-            status = CLIENT_CLOSED_STATUS
+        except OSError:
+            # Servers on ASGI spec >= 2.4 raise from send() once the client is gone.
+            call.error_code = "client_disconnected"
+            gateway.metrics.client_disconnects.inc()
         finally:
             call.finished = True
             gateway._stop_watcher(call)
             await upstream.aclose()
-        self._finish(status)
+            self._finish(status)
 
     async def _send_stream_error(self, send: Send, exc: UpstreamError) -> None:
         # Headers are gone already: the error travels as an SSE event, which the openai SDK

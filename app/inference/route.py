@@ -13,7 +13,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi.routing import APIRoute
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from app.auth import authenticate
@@ -53,6 +53,9 @@ class GatewayRoute(APIRoute):
                 if call.error_code is None:
                     call.error_code = exc.code
                 response = app_error_response(exc)
+            except ClientDisconnect:  # gone while sending its body: nobody to answer
+                call.error_code = "client_disconnected"
+                response = ClientClosed()
             except Exception as exc:
                 handled = await _registered_handler_response(request, exc)
                 if handled is None:

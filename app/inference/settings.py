@@ -27,7 +27,9 @@ class InferenceSettings(BaseModel):
     capture_buffer_size: int = Field(10_000, gt=0, description="pending captures/log rows before overflow")
     flush_interval_s: float = Field(0.5, gt=0)
     flush_batch_size: int = Field(
-        200, gt=0, description="rows per INSERT of the background writer (small batches keep each pause short)"
+        200,
+        gt=0,
+        description="rows per INSERT of the background writer (small batches keep each pause short)",
     )
     request_log: bool = Field(True, description="write one compact row per gateway request")
     request_log_retention_days: int = Field(30, ge=0, description="0 keeps the request log forever")

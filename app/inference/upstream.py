@@ -404,17 +404,19 @@ class UpstreamPool:
                 ),
                 self.connect_timeout,
             )
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"connecting to the upstream took longer than {self.connect_timeout:g}s"
-            ) from None
-        except OSError as exc:
-            raise UpstreamConnectError(f"cannot connect to the upstream: {exc.strerror or exc}") from None
-        finally:
+        except BaseException as exc:
             self._connecting -= 1
-            if len(self._open) + self._connecting < self.max_connections:
-                self._wake_waiter(None)
+            self._wake_waiter(None)  # the slot this attempt held is free again
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeout(
+                    f"connecting to the upstream took longer than {self.connect_timeout:g}s"
+                ) from None
+            if isinstance(exc, OSError):
+                raise UpstreamConnectError(f"cannot connect to the upstream: {exc.strerror or exc}") from None
+            raise
+        # counted as open before the slot is released: the pool never exceeds its size
         self._open.add(conn)
+        self._connecting -= 1
         return conn
 
     def _checkin(self, conn: _Connection) -> None:

@@ -32,6 +32,7 @@ class Reply:
     raw: bytes | None = None
     events: list[dict[str, Any]] | None = None
     event_delay_s: float = 0.0
+    delay_s: float = 0.0  # before answering at all
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -68,6 +69,7 @@ class RecordingUpstream:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.reply = Reply(json=completion())
+        self.connections = 0
         self.streams_completed = 0
         self.streams_aborted = 0
         self.stream_closed = asyncio.Event()
@@ -91,6 +93,7 @@ class RecordingUpstream:
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         self._writers.add(writer)
         try:
             while True:
@@ -105,6 +108,8 @@ class RecordingUpstream:
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 self.requests.append(Recorded(method, path, headers, orjson.loads(body) if body else {}))
                 await self._answer(writer)
+                if ("Connection", "close") in self.reply.headers:
+                    break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -113,6 +118,8 @@ class RecordingUpstream:
 
     async def _answer(self, writer: asyncio.StreamWriter) -> None:
         reply = self.reply
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
         extra = "".join(f"{k}: {v}\r\n" for k, v in reply.headers)
         if reply.events is None:
             body = reply.raw if reply.raw is not None else orjson.dumps(reply.json or {})
