@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.babylon import handoff
 from app.babylon.handoff import Batch
 from app.config import Settings
+from app.datasets.service import create_babylon_dataset
 from app.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from app.ids import new_id
 from app.jobs.events import add_event
@@ -50,9 +51,10 @@ async def job_for_batch(session: AsyncSession, batch_row_id: str) -> FineTuningJ
 
 def dataset_params(batch: Batch) -> dict[str, Any]:
     if batch.trajectory_ids:
-        return {"trajectory_ids": batch.trajectory_ids}
+        # the batch names exactly what to train, used before or not
+        return {"source": "babylon", "trajectory_ids": batch.trajectory_ids, "include_used": True}
     if batch.scenario_id:
-        return {"window_ids": [batch.scenario_id]}
+        return {"source": "babylon", "window_ids": [batch.scenario_id]}
     raise BadRequest(
         f"batch {batch.batch_id} has neither trajectoryIds nor a scenarioId (window) to train",
         param="batchId",
@@ -93,8 +95,6 @@ async def start_batch_training(
             param="batchId",
             code="batch_not_pending",
         )
-    from app.datasets.service import create_babylon_dataset
-
     dataset = await create_babylon_dataset(session, settings, dataset_params(batch))
     job = FineTuningJob(
         id=new_id("ftjob"),

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.datasets.models import Dataset
+from app.datasets.service import resolve_training_file
 from app.db import utcnow
 from app.errors import BadRequest, Conflict, NotFound
 from app.ids import new_id
@@ -79,19 +80,7 @@ def default_model_name(job_id: str) -> str:
 
 async def resolve_dataset(session: AsyncSession, training_file: str) -> Dataset:
     """The dataset behind `training_file` (a dataset id, or a file the pipeline turned into one)."""
-    try:
-        from app.datasets.service import resolve_training_file
-    except ImportError:  # the pipeline's service is not there yet: datasets by id only
-        dataset = await session.get(Dataset, training_file)
-        if dataset is None:
-            raise NotFound(
-                f"training file {training_file!r} does not exist",
-                param="training_file",
-                code="file_not_found",
-            ) from None
-        return dataset
-    resolved: Dataset = await resolve_training_file(session, training_file)
-    return resolved
+    return await resolve_training_file(session, training_file)
 
 
 def check_dataset_trainable(dataset: Dataset, training_file: str) -> None:

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.datasets.models import Dataset, DatasetGroup
+from app.datasets.service import build_dataset
 from app.db import utcnow
 from app.errors import AppError
 from app.jobs import service
@@ -233,10 +234,15 @@ class JobRunner:
         dataset = await self._read(lambda s: s.get(Dataset, job.dataset_id))
         if dataset is None:
             raise JobFailed("file_not_found", f"dataset {job.dataset_id} does not exist", "training_file")
-        if dataset.status in ("queued", "building"):
-            await self._build_dataset(dataset.id)
-            dataset = await self._read(lambda s: s.get(Dataset, job.dataset_id))
-            assert dataset is not None
+        while dataset.status in ("queued", "building"):
+            if dataset.status == "queued":
+                # built here, under this job's lease (the pipeline's builder claims it first)
+                dataset = await build_dataset(self.ctx.sessionmaker, self.settings, dataset.id)
+            else:  # another process is building it (a dead builder is failed by the pipeline)
+                await self._sleep(self.settings.worker.poll_interval_s * 10)
+                reloaded = await self._read(lambda s: s.get(Dataset, job.dataset_id))
+                assert reloaded is not None
+                dataset = reloaded
         try:
             service.check_dataset_trainable(dataset, job.training_file)
         except AppError as exc:
@@ -252,13 +258,6 @@ class JobRunner:
                 data={"groups": dataset.group_count, "trainable_turns": dataset.trainable_turns},
             )
             transition(owned_job, QUEUED)
-
-    async def _build_dataset(self, dataset_id: str) -> None:
-        try:
-            from app.datasets.service import build_dataset
-        except ImportError:
-            raise JobFailed("dataset_not_ready", f"dataset {dataset_id} is not built") from None
-        await build_dataset(self.ctx.sessionmaker, self.settings, dataset_id)
 
     # -- model line ---------------------------------------------------------------------------
 

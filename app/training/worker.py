@@ -233,7 +233,7 @@ class Worker:
                 raise
             except Exception:
                 logger.exception("worker.handoff_loop_failed worker=%s", self.worker_id)
-            await asyncio.sleep(max(self.settings.worker.poll_interval_s, 1.0) * 5)
+            await asyncio.sleep(min(30.0, max(1.0, self.settings.worker.poll_interval_s * 20)))
 
     async def _pending_handoffs(self) -> None:
         if self.settings.babylon_database_url is None:
