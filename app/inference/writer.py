@@ -87,6 +87,7 @@ class BatchWriter:
         self._interval_s = interval_s
         self._rows: collections.deque[dict[str, Any]] = collections.deque()
         self._wakeup = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._written = metrics.written.labels(self.name)
@@ -155,7 +156,14 @@ class BatchWriter:
                 )
 
     async def flush(self) -> None:
-        """Insert every queued row now; raises (rows kept) if the database is unreachable."""
+        """Insert every queued row now; raises (rows kept) if the database is unreachable.
+
+        Flushes run one at a time, so a flush returns only once rows another flush had already
+        taken off the buffer are written too (what shutdown and tests rely on)."""
+        async with self._flush_lock:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
         while self._rows:
             batch = [self._rows.popleft() for _ in range(min(self._batch_size, len(self._rows)))]
             try:

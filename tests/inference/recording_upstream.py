@@ -33,6 +33,7 @@ class Reply:
     events: list[dict[str, Any]] | None = None
     event_delay_s: float = 0.0
     delay_s: float = 0.0  # before answering at all
+    gated: bool = False  # send each stream event after the first only once `release()` is called
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -73,6 +74,7 @@ class RecordingUpstream:
         self.streams_completed = 0
         self.streams_aborted = 0
         self.stream_closed = asyncio.Event()
+        self._gate: asyncio.Queue[None] = asyncio.Queue()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
@@ -135,10 +137,10 @@ class RecordingUpstream:
             f"{extra}\r\n".encode("latin-1")
         )
         try:
-            for event in [
-                *(b"data: " + orjson.dumps(e) + b"\n\n" for e in reply.events),
-                b"data: [DONE]\n\n",
-            ]:
+            events = [*(b"data: " + orjson.dumps(e) + b"\n\n" for e in reply.events), b"data: [DONE]\n\n"]
+            for index, event in enumerate(events):
+                if reply.gated and index:
+                    await self._gate.get()
                 writer.write(b"%x\r\n%s\r\n" % (len(event), event))
                 await writer.drain()
                 if reply.event_delay_s:
@@ -153,6 +155,10 @@ class RecordingUpstream:
             raise
         finally:
             self.stream_closed.set()
+
+    def release(self) -> None:
+        """Let a gated stream send its next event."""
+        self._gate.put_nowait(None)
 
     async def wait_stream_closed(self) -> None:
         with contextlib.suppress(TimeoutError):

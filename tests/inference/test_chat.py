@@ -10,9 +10,11 @@ import openai
 import pytest
 from fastapi import FastAPI
 
+from app.main import create_app
 from tests.conftest import TEST_API_KEY
 from tests.fixtures.emulator import EmulatorHandle
 from tests.inference.conftest import BASE_MODEL, gateway_settings, live_server, running_app, seed_model
+from tests.inference.recording_upstream import RecordingUpstream, Reply, chunk
 
 MESSAGES: list[Any] = [{"role": "user", "content": "What should agent 7 trade?"}]
 
@@ -51,40 +53,63 @@ async def test_streaming_completion_through_the_async_sdk(
 
 
 async def test_sync_and_async_sdk_stream_chunk_by_chunk_over_a_real_server(
-    clean_db: str, emulator: EmulatorHandle
+    clean_db: str, recording_upstream: RecordingUpstream
 ) -> None:
-    # Chunks paced by the upstream arrive one by one: nothing buffers the stream.
-    emulator.configure(stream_chunks=4, stream_delay_s=0.2)
-    app = FastAPI()
-    from app.main import create_app
-
-    app = create_app(gateway_settings(clean_db, emulator.base_url, emulator.api_key))
+    # The upstream sends each next piece only after the client has received the previous one:
+    # a gateway that buffered any part of the stream would never deliver it (the wait fails).
+    pieces = [f"piece-{i} " for i in range(4)]
+    recording_upstream.reply = Reply(
+        events=[
+            chunk({"role": "assistant", "content": ""}),
+            *(chunk({"content": p}) for p in pieces),
+            chunk({}, "stop"),
+        ],
+        gated=True,
+    )
+    app = create_app(gateway_settings(clean_db, recording_upstream.base_url, "key"))
     async with live_server(app) as url:
         client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=TEST_API_KEY, max_retries=0)
-        loop = asyncio.get_running_loop()
-        arrivals: list[float] = []
         stream = await client.chat.completions.create(model=BASE_MODEL, messages=MESSAGES, stream=True)
-        async for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                arrivals.append(loop.time())
+        chunks = aiter(stream)
+        received: list[str] = []
+        while True:
+            try:
+                item = await asyncio.wait_for(anext(chunks), 10)
+            except StopAsyncIteration:
+                break
+            if item.choices and item.choices[0].delta.content:
+                received.append(item.choices[0].delta.content)
+            recording_upstream.release()
         await client.close()
-        assert len(arrivals) == 4
-        # a buffering proxy would deliver every piece at once, at the end
-        assert arrivals[-1] - arrivals[0] >= 0.4
+        assert received == pieces
 
-        def sync_calls() -> tuple[str, str]:
+        recording_upstream.reply = Reply(events=[chunk({"content": p}) for p in pieces] + [chunk({}, "stop")])
+
+        def sync_stream() -> list[str]:
             with openai.OpenAI(base_url=f"{url}/v1", api_key=TEST_API_KEY, max_retries=0) as sync:
-                plain = sync.chat.completions.create(model=BASE_MODEL, messages=MESSAGES)
-                streamed = "".join(
+                return [
                     c.choices[0].delta.content or ""
                     for c in sync.chat.completions.create(model=BASE_MODEL, messages=MESSAGES, stream=True)
                     if c.choices
-                )
-                return plain.choices[0].message.content or "", streamed
+                ]
 
-        plain, streamed = await asyncio.to_thread(sync_calls)
-        assert plain
-        assert plain == streamed
+        assert "".join(await asyncio.to_thread(sync_stream)) == "".join(pieces)
+
+
+async def test_the_sync_sdk_gets_plain_completions(clean_db: str, emulator: EmulatorHandle) -> None:
+    app = create_app(gateway_settings(clean_db, emulator.base_url, emulator.api_key))
+    async with live_server(app) as url:
+
+        def sync_call() -> str:
+            with openai.OpenAI(base_url=f"{url}/v1", api_key=TEST_API_KEY, max_retries=0) as sync:
+                return (
+                    sync.chat.completions.create(model=BASE_MODEL, messages=MESSAGES)
+                    .choices[0]
+                    .message.content
+                    or ""
+                )
+
+        assert await asyncio.to_thread(sync_call)
 
 
 async def test_logprobs_reach_the_caller_only_when_asked(gw_app: FastAPI, sdk: openai.AsyncOpenAI) -> None:

@@ -149,7 +149,7 @@ async def test_all_connections_busy_is_503_upstream_busy(clean_db: str, emulator
     settings = gateway_settings(
         clean_db, emulator.base_url, emulator.api_key, max_connections=1, pool_timeout_s=0.2, read_timeout_s=5
     )
-    emulator.inject("chat", "hang", seconds=1.5)
+    emulator.inject("chat", "hang", seconds=0.8)
     async with running_app(settings) as app:
         sdk = sdk_for(app)
         slow = asyncio.create_task(sdk.chat.completions.create(model=BASE_MODEL, messages=MESSAGES))

@@ -21,7 +21,11 @@ BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"
 
 async def _post(pool: UpstreamPool, body: bytes = BODY) -> UpstreamResponse:
     head = build_request_head(
-        "POST", pool.url("/chat/completions"), pool.host_header, [("Content-Type", "application/json")], len(body)
+        "POST",
+        pool.url("/chat/completions"),
+        pool.host_header,
+        [("Content-Type", "application/json")],
+        len(body),
     )
     return await pool.request(head, body)
 
@@ -30,7 +34,9 @@ async def _pool(upstream: RecordingUpstream, **options: float) -> UpstreamPool:
     return UpstreamPool(upstream.base_url, **options)  # type: ignore[arg-type]
 
 
-async def test_sequential_requests_reuse_one_keep_alive_connection(recording_upstream: RecordingUpstream) -> None:
+async def test_sequential_requests_reuse_one_keep_alive_connection(
+    recording_upstream: RecordingUpstream,
+) -> None:
     pool = await _pool(recording_upstream)
     for _ in range(5):
         response = await _post(pool)
