@@ -2,7 +2,8 @@
 
 Every decision is a real chat completion through `/v1/chat/completions` carrying
 `metadata.trajectory_id`, so the gateway captures the sampled choice with its logprobs; the
-market's outcome then gives each agent's trajectory its reward. Deterministic for a seed.
+market's outcome then gives each agent's trajectory its reward. Deterministic for a seed and
+start hour (the window ids are part of the prompts).
 """
 
 from __future__ import annotations

@@ -92,8 +92,13 @@ class Reporter:
         if self.json_mode:
             print(json.dumps(summary, indent=2, default=str), flush=True)
             return
-        verdict = "every stage succeeded" if summary.get("ok") else "the demo did not finish"
+        seconds = summary.get("seconds", 0)
+        verdict = (
+            f"Demo finished in {seconds} s: every stage succeeded."
+            if summary.get("ok")
+            else f"Demo stopped after {seconds} s: a stage failed (see above)."
+        )
         self._print(
-            f"\nDemo {verdict} in {summary.get('seconds', 0)} s.",
+            f"\n{verdict}",
             style="bold green" if summary.get("ok") else "bold red",
         )

@@ -342,6 +342,9 @@ class Demo:
             served = raw.headers.get("x-gateway-served-model") or completion.model
             answers[name] = {"answer": completion.choices[0].message.content, "served_by": served}
             self.report.ok(f"{name} → {completion.choices[0].message.content!r} (served by {served})")
+        self.report.detail(
+            "  (the emulator answers with deterministic filler words; real W&B answers with the trained model)"
+        )
         return {"answers": answers}
 
     def next_steps(self) -> dict[str, Any]:
