@@ -392,8 +392,11 @@ class Demo:
                 self.report.fail(str(exc))
             except KeyboardInterrupt:
                 self.report.fail("interrupted")
+                self.summary["interrupted"] = True
         self.summary["seconds"] = round(time.monotonic() - started, 1)
         self.report.finish(self.summary)
+        if self.summary.get("interrupted"):
+            return 130
         return 0 if self.summary["ok"] else 1
 
 
