@@ -19,6 +19,7 @@ A step's life, each arrow a committed write:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -75,6 +76,10 @@ T = TypeVar("T")
 MAX_BACKOFF_S = 30.0
 
 
+class Halted(Exception):
+    """The worker is stopping (or lost the lease): leave the job at a safe point, resumable."""
+
+
 class JobFailed(Exception):
     def __init__(self, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -92,7 +97,7 @@ class RunnerContext:
     sessionmaker: async_sessionmaker[AsyncSession]
     worker_id: str
     trainer: Callable[[], Awaitable[WandbTraining]]
-    # runs a coroutine that must finish even if the job task is cancelled (graceful shutdown)
+    # runs a coroutine that must finish even if the job task is cancelled (last-resort stop)
     shield: Callable[[Awaitable[Any]], Awaitable[Any]]
     after_finish: Callable[[str], Awaitable[None]]
 
@@ -120,6 +125,14 @@ class JobRunner:
         self.job_id = job_id
         self.settings = ctx.settings
         self.started_monotonic = time.monotonic()
+        self._halt = asyncio.Event()
+        self.lease_lost = False
+
+    def halt(self, *, lease_lost: bool = False) -> None:
+        """Stop at the next safe point: a wait or a remote call, never inside a DB transaction
+        (a transaction cut by task cancellation can leave SQLite's write lock held)."""
+        self.lease_lost = self.lease_lost or lease_lost
+        self._halt.set()
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -147,7 +160,28 @@ class JobRunner:
         return await self._read(get)
 
     async def _sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds))
+        try:
+            await asyncio.wait_for(self._halt.wait(), timeout=max(0.0, seconds))
+        except TimeoutError:
+            return
+        raise Halted
+
+    async def _remote(self, awaitable: Awaitable[T]) -> T:
+        """A W&B call that a halt interrupts (no DB transaction is open around remote calls)."""
+        if self._halt.is_set():
+            raise Halted
+        call = asyncio.ensure_future(awaitable)
+        halted = asyncio.ensure_future(self._halt.wait())
+        try:
+            await asyncio.wait({call, halted}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            halted.cancel()
+        if call.done():
+            return call.result()
+        call.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await call
+        raise Halted
 
     # -- entry point ------------------------------------------------------------------------
 
@@ -156,11 +190,16 @@ class JobRunner:
             await self._run()
         except LeaseLost:
             logger.warning("job.lease_lost job_id=%s worker=%s", self.job_id, self.ctx.worker_id)
+        except Halted:
+            # graceful shutdown: everything is stored; hand the job back so any worker resumes it
+            if not self.lease_lost:
+                await self._release()
         except JobFailed as failure:
             await self._fail(failure)
         except asyncio.CancelledError:
-            # graceful shutdown (or lease lost): leave everything resumable and hand the job back
-            await self.ctx.shield(self._release())
+            # last resort (the worker stopped waiting): the step state is still resumable
+            if not self.lease_lost:
+                await self.ctx.shield(self._release())
             raise
         except DBAPIError:
             # the service DB is unreachable: nothing can be recorded; another attempt resumes
@@ -267,7 +306,7 @@ class JobRunner:
         delay = self.settings.worker.event_poll_interval_s
         while True:
             try:
-                return await call()
+                return await self._remote(call())
             except RemoteRejected:
                 raise
             except RemoteError as exc:
@@ -485,7 +524,7 @@ class JobRunner:
         delay = self.settings.worker.event_poll_interval_s
         while True:
             try:
-                found = await trainer.checkpoints_after(model.remote_id or "", base)
+                found = await self._remote(trainer.checkpoints_after(model.remote_id or "", base))
             except RemoteError as exc:
                 logger.warning("job.resolve_retry job_id=%s step=%s error=%s", self.job_id, step.number, exc)
                 found = []
@@ -526,7 +565,7 @@ class JobRunner:
                     f"(remote job {step.remote_job_id}). W&B has no cancel endpoint; the remote job may still finish.",
                 )
             try:
-                events, more = await trainer.events(step.remote_job_id or "", after)
+                events, more = await self._remote(trainer.events(step.remote_job_id or "", after))
             except RemoteRejected as exc:
                 raise JobFailed(
                     "remote_job_lost",
@@ -616,7 +655,7 @@ class JobRunner:
         delay = self.settings.worker.event_poll_interval_s
         while True:
             try:
-                found = await trainer.checkpoints_after(model.remote_id or "", base)
+                found = await self._remote(trainer.checkpoints_after(model.remote_id or "", base))
             except RemoteError as exc:
                 logger.warning("job.checkpoint_retry job_id=%s error=%s", self.job_id, exc)
                 found = []
@@ -705,7 +744,7 @@ class JobRunner:
             return
         steps = [c.step for c in doomed]
         try:
-            deleted, not_found = await trainer.delete_checkpoints(model.remote_id or "", steps)
+            deleted, not_found = await self._remote(trainer.delete_checkpoints(model.remote_id or "", steps))
         except RemoteError as exc:
             async with self.owned() as (session, job):
                 add_event(

@@ -10,6 +10,7 @@ back resumable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -53,8 +54,10 @@ class Worker:
         self.sessionmaker = sessionmaker
         self.worker_id = worker_id or default_worker_id()
         self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._stopping = False
         self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._runners: dict[str, JobRunner] = {}
         self._critical: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._trainer: WandbTraining | None = None
@@ -83,16 +86,18 @@ class Worker:
         )
 
     async def stop(self) -> None:
-        """Graceful: stop claiming, hand running jobs back resumable, let in-flight POSTs land."""
+        """Graceful: stop claiming; each job stops at its next safe point (a wait or a remote
+        call; a training POST in flight lands and is recorded first) and is handed back."""
         self._stopping = True
+        self._stopped.set()
         self._wake.set()
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
-        jobs = list(self._jobs.values())
-        for task in jobs:
-            task.cancel()
-        await asyncio.gather(*jobs, return_exceptions=True)
+        for runner in self._runners.values():
+            runner.halt()
+        # the loops first (no claim after they end), then every job they started
+        await self._await_or_cancel(self._loops)
+        for runner in self._runners.values():
+            runner.halt()
+        await self._await_or_cancel(list(self._jobs.values()))
         if self._critical:
             _done, pending = await asyncio.wait(
                 set(self._critical), timeout=self.settings.worker.shutdown_grace_s
@@ -107,6 +112,15 @@ class Worker:
         if self._http is not None:
             await self._http.aclose()
         logger.info("worker.stopped worker=%s", self.worker_id)
+
+    async def _await_or_cancel(self, tasks: list[asyncio.Task[None]]) -> None:
+        if not tasks:
+            return
+        _done, late = await asyncio.wait(tasks, timeout=self.settings.worker.shutdown_grace_s + 5.0)
+        for task in late:  # last resort: a task stuck in a long DB or game call
+            logger.warning("worker.cancelling task=%s", task.get_name())
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
 
     # -- claiming and running -----------------------------------------------------------------
 
@@ -141,17 +155,20 @@ class Worker:
                 pass
 
     async def _run_job(self, job_id: str) -> None:
-        runner_task = asyncio.current_task()
-        assert runner_task is not None
-        heartbeat = asyncio.create_task(self._heartbeat(job_id, runner_task), name=f"heartbeat-{job_id}")
+        runner = JobRunner(self._context(), job_id)
+        self._runners[job_id] = runner
+        if self._stopping:
+            runner.halt()
+        heartbeat = asyncio.create_task(self._heartbeat(job_id, runner), name=f"heartbeat-{job_id}")
         try:
-            await JobRunner(self._context(), job_id).run()
+            await runner.run()
         finally:
             heartbeat.cancel()
             self._jobs.pop(job_id, None)
+            self._runners.pop(job_id, None)
             self._wake.set()
 
-    async def _heartbeat(self, job_id: str, runner: asyncio.Task[None]) -> None:
+    async def _heartbeat(self, job_id: str, runner: JobRunner) -> None:
         while True:
             await asyncio.sleep(self.settings.worker.heartbeat_s)
             try:
@@ -162,7 +179,7 @@ class Worker:
                 continue
             if not held:
                 logger.warning("job.lease_lost job_id=%s worker=%s", job_id, self.worker_id)
-                runner.cancel()
+                runner.halt(lease_lost=True)
                 return
 
     def _context(self) -> RunnerContext:
@@ -209,10 +226,15 @@ class Worker:
         except Exception:
             logger.exception("webhook.dispatch_failed worker=%s", self.worker_id)
 
+    async def _idle(self, seconds: float) -> None:
+        """Sleep, but return at once when the worker stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), timeout=seconds)
+
     async def _webhook_loop(self) -> None:
         while not self._stopping:
             await self._deliver_webhooks()
-            await asyncio.sleep(min(1.0, self.settings.worker.poll_interval_s))
+            await self._idle(min(1.0, self.settings.worker.poll_interval_s))
 
     async def _handoff_loop(self) -> None:
         """Retry pending game hand-offs; in watch mode also start the game's pending batches."""
@@ -233,7 +255,7 @@ class Worker:
                 raise
             except Exception:
                 logger.exception("worker.handoff_loop_failed worker=%s", self.worker_id)
-            await asyncio.sleep(min(30.0, max(1.0, self.settings.worker.poll_interval_s * 20)))
+            await self._idle(min(30.0, max(1.0, self.settings.worker.poll_interval_s * 20)))
 
     async def _pending_handoffs(self) -> None:
         if self.settings.babylon_database_url is None:

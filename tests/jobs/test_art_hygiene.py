@@ -21,20 +21,32 @@ ROOT = Path(__file__).resolve().parents[2]
 
 PROBE = """
 import json, os, sys
+import dotenv
 import dotenv.main
+
 # art's load_dotenv() looks for a .env above the installed package (the project's, in a
-# project venv); point that lookup at a .env of our own
+# project venv): point that lookup at a .env of our own, and record what it did
 dotenv.main.find_dotenv = lambda *a, **k: sys.argv[1]
-if sys.argv[2] == "hygienic":
-    from app.training.art_env import import_art
-    import_art()
-else:
-    import art
-print(json.dumps({k: os.environ.get(k) for k in ("WANDB_API_KEY", "TC_FROM_DOTENV", "LITELLM_LOCAL_MODEL_COST_MAP")}))
+real_load_dotenv = dotenv.load_dotenv
+seen = {}
+
+
+def recording_load_dotenv(*args, **kwargs):
+    loaded = real_load_dotenv(*args, **kwargs)
+    seen["key_right_after_load_dotenv"] = os.environ.get("WANDB_API_KEY")
+    return loaded
+
+
+dotenv.load_dotenv = recording_load_dotenv
+from app.training.art_env import import_art
+
+import_art()
+seen.update({k: os.environ.get(k) for k in ("WANDB_API_KEY", "TC_FROM_DOTENV", "LITELLM_LOCAL_MODEL_COST_MAP")})
+print(json.dumps(seen))
 """
 
 
-def probe(tmp_path: Path, mode: str) -> dict[str, Any]:
+def test_importing_art_through_the_service_keeps_dotenv_out_of_the_environment(tmp_path: Path) -> None:
     dotenv = tmp_path / ".env"
     dotenv.write_text("WANDB_API_KEY=leaked-key-from-dotenv\nTC_FROM_DOTENV=yes\n")
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "TC_FROM_DOTENV")}
@@ -42,7 +54,7 @@ def probe(tmp_path: Path, mode: str) -> dict[str, Any]:
     # that import_art's own environment restore is enough on its own
     env["PYTHON_DOTENV_DISABLED"] = "0"
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, str(dotenv), mode],
+        [sys.executable, "-c", PROBE, str(dotenv)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -50,18 +62,13 @@ def probe(tmp_path: Path, mode: str) -> dict[str, Any]:
         timeout=120,
         check=True,
     )
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
-def test_importing_art_through_the_service_keeps_dotenv_out_of_the_environment(tmp_path: Path) -> None:
-    # the trap is real: a plain `import art` puts a .env's W&B key into os.environ
-    leaked = probe(tmp_path, "plain")
-    assert leaked["WANDB_API_KEY"] == "leaked-key-from-dotenv"
-    clean = probe(tmp_path, "hygienic")
-    assert clean["WANDB_API_KEY"] is None
-    assert clean["TC_FROM_DOTENV"] is None
-    assert clean["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    # the trap is real: `import art` put the .env's key into os.environ ...
+    assert seen["key_right_after_load_dotenv"] == "leaked-key-from-dotenv"
+    # ... and import_art took it (and everything else the .env added) out again
+    assert seen["WANDB_API_KEY"] is None
+    assert seen["TC_FROM_DOTENV"] is None
+    assert seen["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
 
 
 @pytest.fixture

@@ -38,11 +38,13 @@ async def unused_window(dsn: str) -> tuple[str, list[str]]:
     return rows[0]["windowId"], list(rows[0]["ids"])
 
 
-async def insert_batch(dsn: str, batch_id: str, window: str, trajectory_ids: list[str], status: str = "pending") -> None:
+async def insert_batch(
+    dsn: str, batch_id: str, window: str, trajectory_ids: list[str], status: str = "pending"
+) -> None:
     await game_rows(
         dsn,
         'INSERT INTO training_batches (id, "batchId", "scenarioId", "baseModel", "modelVersion", "trajectoryIds", '
-        '"rewardsJson", status) VALUES ($1, $1, $2, $3, $4, $5, \'[]\', $6)',
+        "\"rewardsJson\", status) VALUES ($1, $1, $2, $3, $4, $5, '[]', $6)",
         batch_id,
         window,
         "Qwen/Qwen2.5-0.5B-Instruct",  # what the game historically asks for: not a W&B model
@@ -100,11 +102,17 @@ async def test_post_train_trains_the_batch_across_a_restart_and_hands_off_once(
         response = await svc.http.post("/train", json={"batchId": "batch-test-1", "source": "game-admin"})
         assert response.status_code == 200, response.text
         body = response.json()
-        assert body["status"] == "started" and body["batchId"] == "batch-test-1"
+        assert body["status"] == "started"
+        assert body["batchId"] == "batch-test-1"
         assert body["message"] == "Training started in background"
         job_id = body["job_id"]
-        batch = (await game_rows(dsn, "SELECT status, \"startedAt\" FROM training_batches WHERE id = 'batch-test-1'"))[0]
-        assert batch["status"] == "training" and batch["startedAt"] is not None
+        batch = (
+            await game_rows(
+                dsn, "SELECT status, \"startedAt\" FROM training_batches WHERE id = 'batch-test-1'"
+            )
+        )[0]
+        assert batch["status"] == "training"
+        assert batch["startedAt"] is not None
 
         async def first_step_sent() -> bool:
             async with svc.sessionmaker() as session:
@@ -117,7 +125,8 @@ async def test_post_train_trains_the_batch_across_a_restart_and_hands_off_once(
         done = await wait_for_job(svc.sdk, job_id)
         assert done.status == "succeeded", done.error
         assert done.model == "OpenPipe/Qwen3-14B-Instruct"  # the batch's base model is not trainable on W&B
-        assert done.fine_tuned_model is not None and "/babylon-agent:step" in done.fine_tuned_model
+        assert done.fine_tuned_model is not None
+        assert "/babylon-agent:step" in done.fine_tuned_model
         await wait_until(lambda: job_of(svc, job_id), what="job row")
 
         async def handed_off() -> bool:
@@ -128,17 +137,21 @@ async def test_post_train_trains_the_batch_across_a_restart_and_hands_off_once(
         assert emulator.training_posts("babylon-agent") == steps
 
         batch = (await game_rows(dsn, "SELECT * FROM training_batches WHERE id = 'batch-test-1'"))[0]
-        assert batch["status"] == "completed" and batch["error"] is None
-        assert batch["startedAt"] is not None and batch["completedAt"] is not None
+        assert batch["status"] == "completed"
+        assert batch["error"] is None
+        assert batch["startedAt"] is not None
+        assert batch["completedAt"] is not None
         models = await game_rows(dsn, "SELECT * FROM trained_models WHERE \"trainingBatch\" = 'batch-test-1'")
         assert len(models) == 1
         model = models[0]
         major, minor, patch = (int(x) for x in newest[0]["version"].removeprefix("v").split("."))
-        assert model["version"] == f"v{major}.{minor}.{patch + 1}" and model["version"] not in versions_before
+        assert model["version"] == f"v{major}.{minor}.{patch + 1}"
+        assert model["version"] not in versions_before
         assert model["modelId"] == f"babylon-agent-{model['version']}"
         assert model["status"] == "ready"
         assert model["storagePath"] == done.fine_tuned_model  # the exact name the gateway serves
-        assert model["updatedAt"] is not None and model["avgReward"] is not None
+        assert model["updatedAt"] is not None
+        assert model["avgReward"] is not None
         assert model["baseModel"] == "OpenPipe/Qwen3-14B-Instruct"
         used = await game_rows(
             dsn,
@@ -154,11 +167,17 @@ async def test_post_train_trains_the_batch_across_a_restart_and_hands_off_once(
             )
             await session.commit()
         await process_handoff(svc.settings, svc.sessionmaker, job_id)
-        assert len(await game_rows(dsn, 'SELECT id FROM trained_models WHERE "trainingBatch" = \'batch-test-1\'')) == 1
+        assert (
+            len(
+                await game_rows(dsn, "SELECT id FROM trained_models WHERE \"trainingBatch\" = 'batch-test-1'")
+            )
+            == 1
+        )
         assert (await job_of(svc, job_id)).handoff_status == "done"
 
         again = await svc.http.post("/train", json={"batchId": "batch-test-1", "source": "game-admin"})
-        assert again.status_code == 200 and again.json()["job_id"] == job_id
+        assert again.status_code == 200
+        assert again.json()["job_id"] == job_id
 
 
 async def test_a_batch_without_trainable_data_fails_with_the_reason_written_to_the_game(
@@ -172,16 +191,24 @@ async def test_a_batch_without_trainable_data_fails_with_the_reason_written_to_t
         job_id = response.json()["job_id"]
         done = await wait_for_job(svc.sdk, job_id)
         assert done.status == "failed"
-        assert done.error is not None and done.error.code == "no_trainable_data"
+        assert done.error is not None
+        assert done.error.code == "no_trainable_data"
 
         async def batch_failed() -> bool:
             rows = await game_rows(dsn, "SELECT status FROM training_batches WHERE id = 'batch-no-logprobs'")
             return rows[0]["status"] == "failed"
 
         await wait_until(batch_failed, what="the batch to be marked failed")
-        batch = (await game_rows(dsn, "SELECT error, \"completedAt\" FROM training_batches WHERE id = 'batch-no-logprobs'"))[0]
-        assert job_id in batch["error"] and "/v1/chat/completions" in batch["error"]
-        assert not await game_rows(dsn, "SELECT id FROM trained_models WHERE \"trainingBatch\" = 'batch-no-logprobs'")
+        batch = (
+            await game_rows(
+                dsn, "SELECT error, \"completedAt\" FROM training_batches WHERE id = 'batch-no-logprobs'"
+            )
+        )[0]
+        assert job_id in batch["error"]
+        assert "/v1/chat/completions" in batch["error"]
+        assert not await game_rows(
+            dsn, "SELECT id FROM trained_models WHERE \"trainingBatch\" = 'batch-no-logprobs'"
+        )
         assert emulator.counters()["training_jobs_total"] == 0
 
 
@@ -200,10 +227,20 @@ async def test_watch_mode_picks_up_pending_batches_oldest_first(
 
         await wait_until(completed, timeout_s=60, what="the watched batch to complete")
         async with svc.sessionmaker() as session:
-            job = await session.scalar(sa.select(FineTuningJob).where(FineTuningJob.babylon_batch_id == "batch-watched"))
-        assert job is not None and job.status == "succeeded"
+            job = await session.scalar(
+                sa.select(FineTuningJob).where(FineTuningJob.babylon_batch_id == "batch-watched")
+            )
+        assert job is not None
+        assert job.status == "succeeded"
         assert (job.job_metadata or {}).get("source") == "watch"
-        assert len(await game_rows(dsn, "SELECT id FROM trained_models WHERE \"trainingBatch\" = 'batch-watched'")) == 1
+        assert (
+            len(
+                await game_rows(
+                    dsn, "SELECT id FROM trained_models WHERE \"trainingBatch\" = 'batch-watched'"
+                )
+            )
+            == 1
+        )
 
 
 async def test_post_train_without_batch_id_creates_a_batch_of_the_newest_window(
@@ -218,11 +255,14 @@ async def test_post_train_without_batch_id_creates_a_batch_of_the_newest_window(
         rows = await game_rows(dsn, 'SELECT * FROM training_batches WHERE "batchId" = $1', body["batchId"])
         assert len(rows) == 1
         batch = rows[0]
-        assert batch["scenarioId"] == window and batch["status"] == "training"
+        assert batch["scenarioId"] == window
+        assert batch["status"] == "training"
         assert sorted(json.loads(batch["trajectoryIds"])) == trajectory_ids
-        assert batch["rewardsJson"] == "[]" and batch["modelVersion"].startswith("v")
+        assert batch["rewardsJson"] == "[]"
+        assert batch["modelVersion"].startswith("v")
         job = await job_of(svc, body["job_id"])
-        assert job.status == "validating_files" and job.babylon_batch_id == batch["id"]
+        assert job.status == "validating_files"
+        assert job.babylon_batch_id == batch["id"]
 
 
 async def test_post_train_rejects_unknown_finished_and_unconfigured(

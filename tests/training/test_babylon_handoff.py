@@ -31,7 +31,10 @@ def test_next_version_bumps_the_patch(latest: str | None, expected: str) -> None
 
 
 async def make_batch(dsn: str, batch_id: str, status: str = "training") -> handoff.Batch:
-    ids = [r["trajectoryId"] for r in await fetch(dsn, 'SELECT "trajectoryId" FROM trajectories ORDER BY id LIMIT 3')]
+    ids = [
+        r["trajectoryId"]
+        for r in await fetch(dsn, 'SELECT "trajectoryId" FROM trajectories ORDER BY id LIMIT 3')
+    ]
     await fetch(
         dsn,
         'INSERT INTO training_batches (id, "batchId", "scenarioId", "baseModel", "modelVersion", "trajectoryIds", '
@@ -41,11 +44,14 @@ async def make_batch(dsn: str, batch_id: str, status: str = "training") -> hando
         status,
     )
     batch = await handoff.load_batch(dsn, batch_id)
-    assert batch is not None and batch.trajectory_ids == ids
+    assert batch is not None
+    assert batch.trajectory_ids == ids
     return batch
 
 
-async def test_complete_inserts_one_ready_model_row_and_is_idempotent(babylon_db_factory: BabylonFactory) -> None:
+async def test_complete_inserts_one_ready_model_row_and_is_idempotent(
+    babylon_db_factory: BabylonFactory,
+) -> None:
     dsn = babylon_db_factory(windows=2, agents=3)
     batch = await make_batch(dsn, "batch-h1")
     kwargs = {
@@ -57,26 +63,37 @@ async def test_complete_inserts_one_ready_model_row_and_is_idempotent(babylon_db
     }
     first = await handoff.complete(dsn, batch=batch, **kwargs)  # type: ignore[arg-type]
     second = await handoff.complete(dsn, batch=batch, **kwargs)  # type: ignore[arg-type]
-    assert first.inserted and not second.inserted
+    assert first.inserted
+    assert not second.inserted
     assert (first.id, first.version) == (second.id, second.version)
     rows = await fetch(dsn, 'SELECT * FROM trained_models WHERE "trainingBatch" = $1', "batch-h1")
     assert len(rows) == 1
     row = rows[0]
-    assert row["modelId"] == f"babylon-agent-{row['version']}" and row["status"] == "ready"
-    assert row["storagePath"] == kwargs["storage_path"] and row["avgReward"] == 0.42
-    assert row["updatedAt"] is not None and row["wandbArtifactId"] == "e/p/babylon-agent:step4"
+    assert row["modelId"] == f"babylon-agent-{row['version']}"
+    assert row["status"] == "ready"
+    assert row["storagePath"] == kwargs["storage_path"]
+    assert row["avgReward"] == 0.42
+    assert row["updatedAt"] is not None
+    assert row["wandbArtifactId"] == "e/p/babylon-agent:step4"
     done = (await fetch(dsn, "SELECT * FROM training_batches WHERE id = 'batch-h1'"))[0]
-    assert done["status"] == "completed" and done["completedAt"] is not None and done["trainingLoss"] == 0.3
+    assert done["status"] == "completed"
+    assert done["completedAt"] is not None
+    assert done["trainingLoss"] == 0.3
     marked = await fetch(
-        dsn, 'SELECT "usedInTraining", "trainedInBatch", "updatedAt" FROM trajectories WHERE "trajectoryId" = ANY($1::text[])',
+        dsn,
+        'SELECT "usedInTraining", "trainedInBatch", "updatedAt" FROM trajectories WHERE "trajectoryId" = ANY($1::text[])',
         batch.trajectory_ids,
     )
     assert all(r["usedInTraining"] and r["trainedInBatch"] == "batch-h1" for r in marked)
 
 
-async def test_versions_continue_after_the_newest_and_skip_taken_ones(babylon_db_factory: BabylonFactory) -> None:
+async def test_versions_continue_after_the_newest_and_skip_taken_ones(
+    babylon_db_factory: BabylonFactory,
+) -> None:
     dsn = babylon_db_factory(windows=2, agents=3)
-    newest = (await fetch(dsn, 'SELECT version FROM trained_models ORDER BY "createdAt" DESC LIMIT 1'))[0]["version"]
+    newest = (await fetch(dsn, 'SELECT version FROM trained_models ORDER BY "createdAt" DESC LIMIT 1'))[0][
+        "version"
+    ]
     taken = handoff.next_version(newest)
     await fetch(
         dsn,
@@ -87,7 +104,13 @@ async def test_versions_continue_after_the_newest_and_skip_taken_ones(babylon_db
     )
     batch = await make_batch(dsn, "batch-h2")
     model = await handoff.complete(
-        dsn, batch=batch, storage_path="p", base_model="b", avg_reward=None, training_loss=None, wandb_artifact_id=None
+        dsn,
+        batch=batch,
+        storage_path="p",
+        base_model="b",
+        avg_reward=None,
+        training_loss=None,
+        wandb_artifact_id=None,
     )
     assert model.version == handoff.next_version(taken)
 
@@ -98,8 +121,12 @@ async def test_mark_failed_records_the_error_but_never_undoes_a_completed_batch(
     dsn = babylon_db_factory(windows=1, agents=3)
     failing = await make_batch(dsn, "batch-h3")
     await handoff.mark_failed(dsn, failing.id, "ftjob-1: W&B reported that step 1 failed: OOM")
-    row = (await fetch(dsn, "SELECT status, error, \"completedAt\" FROM training_batches WHERE id = 'batch-h3'"))[0]
-    assert row["status"] == "failed" and "OOM" in row["error"] and row["completedAt"] is not None
+    row = (
+        await fetch(dsn, "SELECT status, error, \"completedAt\" FROM training_batches WHERE id = 'batch-h3'")
+    )[0]
+    assert row["status"] == "failed"
+    assert "OOM" in row["error"]
+    assert row["completedAt"] is not None
     await handoff.mark_training(dsn, failing.id)  # a retried batch trains again
     assert (await handoff.load_batch(dsn, "batch-h3")).status == "training"  # type: ignore[union-attr]
 
