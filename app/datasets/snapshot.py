@@ -12,13 +12,11 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.datasets.models import Dataset, DatasetGroup, DatasetRejection
-from app.db import UTCDateTime, utcnow
-from app.scoring.models import TrajectoryScore
+from app.db import utcnow
 from app.scoring.registry import ScoreResult
 
 DETAIL_MAX = 500
@@ -56,38 +54,43 @@ def group_insert(dialect: str) -> sa.Insert:
     )
 
 
-def score_upsert(dialect: str) -> sa.Insert:
-    """INSERT … ON CONFLICT (trajectory, scorer, version) DO UPDATE: a re-score replaces.
-    Executed with a list of rows (executemany): compiled once, not once per row."""
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(TrajectoryScore).values(
-        trajectory_id=_param("trajectory_id"),
-        source=_param("source"),
-        window_id=_param("window_id"),
-        agent_id=_param("agent_id"),
-        scorer=_param("scorer"),
-        scorer_version=_param("scorer_version"),
-        score=_param("score"),
-        components=_json_param(dialect, "components"),
-        reasoning=_param("reasoning"),
-        dataset_id=_param("dataset_id"),
-        created_at=_param("created_at", UTCDateTime()),
-        updated_at=_param("updated_at", UTCDateTime()),
-    )
-    excluded = stmt.excluded
-    return stmt.on_conflict_do_update(
-        index_elements=["trajectory_id", "scorer", "scorer_version"],
-        set_={
-            "score": excluded.score,
-            "components": excluded.components,
-            "reasoning": excluded.reasoning,
-            "window_id": excluded.window_id,
-            "agent_id": excluded.agent_id,
-            "source": excluded.source,
-            "dataset_id": excluded.dataset_id,
-            "updated_at": excluded.updated_at,
-        },
-    )
+_SCORE_COLUMNS = (
+    "trajectory_id, source, window_id, agent_id, scorer, scorer_version, score, components, reasoning, "
+    "dataset_id, created_at, updated_at"
+)
+_SCORE_CONFLICT = (
+    "ON CONFLICT (trajectory_id, scorer, scorer_version) DO UPDATE SET score = excluded.score, "
+    "components = excluded.components, reasoning = excluded.reasoning, window_id = excluded.window_id, "
+    "agent_id = excluded.agent_id, source = excluded.source, dataset_id = excluded.dataset_id, "
+    "updated_at = excluded.updated_at"
+)
+# INSERT … ON CONFLICT (trajectory, scorer, version) DO UPDATE: a re-score replaces the old one
+SCORE_UPSERT = {
+    "sqlite": f"INSERT INTO trajectory_scores ({_SCORE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) {_SCORE_CONFLICT}",
+    "postgresql": f"INSERT INTO trajectory_scores ({_SCORE_COLUMNS}) "
+    f"VALUES ($1,$2,$3,$4,$5,$6,$7,$8::jsonb,$9,$10,$11,$12) {_SCORE_CONFLICT}",
+}
+ScoreRow = tuple[str, str, str | None, str | None, str, str, float, str, str | None, str, Any, Any]
+
+
+async def upsert_scores(session: AsyncSession, rows: list[ScoreRow]) -> None:
+    """Score rows through the driver's own executemany, inside the session's transaction:
+    SQLAlchemy's per-row parameter processing would cost ~4x more at a million rows. The
+    session must already have executed a statement (its transaction is open)."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver: Any = raw.driver_connection
+    dialect = connection.dialect.name
+    if dialect == "sqlite":
+        # SQLAlchemy's own text form of a naive UTC timestamp on SQLite (rows share few stamps)
+        texts: dict[Any, str] = {}
+        for stamp in {r[10] for r in rows} | {r[11] for r in rows}:
+            texts[stamp] = stamp.astimezone(dt.UTC).strftime(_SQLITE_TIME)
+        rows = [(*r[:10], texts[r[10]], texts[r[11]]) for r in rows]
+    await driver.executemany(SCORE_UPSERT[dialect], rows)
+
+
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
 def _dumps(value: Any) -> str:
@@ -114,7 +117,7 @@ class SnapshotWriter:
         self.position = 0
         self.rejections_listed = 0
         self._groups: list[dict[str, Any]] = []
-        self._scores: dict[str, dict[str, Any]] = {}
+        self._scores: dict[str, ScoreRow] = {}
         self._rejections: list[dict[str, Any]] = []
         self._pending_trajectories = 0
 
@@ -148,26 +151,39 @@ class SnapshotWriter:
     def add_score(
         self, trajectory_id: str, window_id: str | None, agent_id: str | None, result: ScoreResult
     ) -> None:
-        # keyed by trajectory: one statement must not upsert the same row twice
+        self.add_scores([trajectory_id], window_id, agent_id, result)
+
+    def add_scores(
+        self, trajectory_ids: list[str], window_id: str | None, agent_id: str | None, result: ScoreResult
+    ) -> None:
+        """One result for several trajectories (a per-agent scorer): serialised once."""
         now = utcnow()
-        self._scores[trajectory_id] = {
-            "p_trajectory_id": trajectory_id[:ID_MAX],
-            "p_source": self._source,
-            "p_window_id": _clip(window_id, ID_MAX),
-            "p_agent_id": _clip(agent_id, ID_MAX),
-            "p_scorer": self._scorer,
-            "p_scorer_version": self._scorer_version,
-            "p_score": float(result.score),
-            "p_components": _dumps(result.components),
-            "p_reasoning": result.reasoning,
-            "p_dataset_id": self.dataset_id,
-            "p_created_at": now,
-            "p_updated_at": now,
-        }
+        window, agent, components = (
+            _clip(window_id, ID_MAX),
+            _clip(agent_id, ID_MAX),
+            _dumps(result.components),
+        )
+        score, reasoning = float(result.score), result.reasoning
+        for trajectory_id in trajectory_ids:
+            # keyed by trajectory: one statement must not upsert the same row twice
+            self._scores[trajectory_id] = (
+                trajectory_id[:ID_MAX],
+                self._source,
+                window,
+                agent,
+                self._scorer,
+                self._scorer_version,
+                score,
+                components,
+                reasoning,
+                self.dataset_id,
+                now,
+                now,
+            )
 
     def take_scores(self) -> list[tuple[str, float, str | None]]:
         """(trajectory id, score, reasoning) added since the last flush, for the game's write-back."""
-        return [(s["p_trajectory_id"], s["p_score"], s["p_reasoning"]) for s in self._scores.values()]
+        return [(s[0], s[6], s[8]) for s in self._scores.values()]
 
     def add_rejection(
         self,
@@ -195,16 +211,17 @@ class SnapshotWriter:
         """Write what is pending and refresh the heartbeat, in one transaction."""
         async with self._sessionmaker() as session:
             dialect = session.get_bind().dialect.name
-            if self._groups:
-                await session.execute(group_insert(dialect), self._groups)
-            if self._scores:
-                await session.execute(score_upsert(dialect), list(self._scores.values()))
-            if self._rejections:
-                await session.execute(sa.insert(DatasetRejection), self._rejections)
             values: dict[str, Any] = {"heartbeat_at": utcnow()}
             if progress is not None:
                 values["stats"] = progress
+            # first: this statement opens the transaction the raw score upsert joins
             await session.execute(sa.update(Dataset).where(Dataset.id == self.dataset_id).values(**values))
+            if self._groups:
+                await session.execute(group_insert(dialect), self._groups)
+            if self._scores:
+                await upsert_scores(session, list(self._scores.values()))
+            if self._rejections:
+                await session.execute(sa.insert(DatasetRejection), self._rejections)
             await session.commit()
         self._groups.clear()
         self._scores.clear()
