@@ -13,6 +13,8 @@ import logging
 
 from fastapi import FastAPI
 
+from app.datasets.metrics import dataset_metrics
+from app.datasets.models import Dataset
 from app.datasets.service import build_dataset
 
 logger = logging.getLogger(__name__)
@@ -26,10 +28,15 @@ def _tasks(app: FastAPI) -> set[asyncio.Task[object]]:
     return tasks
 
 
+async def _build_and_observe(app: FastAPI, dataset_id: str) -> Dataset:
+    dataset = await build_dataset(app.state.sessionmaker, app.state.settings, dataset_id)
+    dataset_metrics(app).observe(dataset)
+    return dataset
+
+
 def start_build(app: FastAPI, dataset_id: str) -> asyncio.Task[object]:
     task: asyncio.Task[object] = asyncio.create_task(
-        build_dataset(app.state.sessionmaker, app.state.settings, dataset_id),
-        name=f"dataset-build-{dataset_id}",
+        _build_and_observe(app, dataset_id), name=f"dataset-build-{dataset_id}"
     )
     tasks = _tasks(app)
     tasks.add(task)

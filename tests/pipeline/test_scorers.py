@@ -266,3 +266,14 @@ def test_ruler_without_market_outcomes_judges_nothing() -> None:
     result = RULER.combine([RULER.observe(steps, ctx)], ctx)
     assert result.components["winRate"] == 0.5
     assert result.components["marketSelectionScore"] == 0.5
+
+
+async def test_rescoring_a_trajectory_replaces_its_score(pipeline: Pipeline, game: GameDB) -> None:
+    ids = await _fixture(game)
+    first = await pipeline.build()
+    second = await pipeline.build()
+    r = await pipeline.client.get("/v1/scores", params={"trajectory_id": ids["A"]})
+    (score,) = r.json()["data"]
+    assert score["dataset_id"] == second["id"] != first["id"]
+    assert score["score"] == pytest.approx(0.507)
+    assert score["updated_at"] >= score["created_at"]

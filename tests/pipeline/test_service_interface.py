@@ -131,3 +131,11 @@ async def test_groups_page_by_cursor_and_by_offset(pipeline: Pipeline, game: Gam
     bad = await pipeline.client.get(url, params={"after": "4"})
     assert bad.status_code == 400
     assert bad.json()["error"]["param"] == "after"
+
+
+async def test_builds_are_counted_in_prometheus_metrics(pipeline: Pipeline, game: GameDB) -> None:
+    await _windows(game, 1)
+    await pipeline.build()
+    text = (await pipeline.client.get("/metrics")).text
+    assert 'dataset_builds_total{source="babylon",status="ready"} 1.0' in text
+    assert 'dataset_rows_total{outcome="used"} 3.0' in text
