@@ -58,13 +58,13 @@ def trajectory_groups(rows: Sequence[DatasetGroup]) -> list[Any]:
     ]
 
 
-def reward_metrics(rows: Sequence[DatasetGroup]) -> dict[str, float]:
-    """What the step trained on: group/trajectory counts and reward statistics."""
-    rewards = [float(r) for row in rows for r in row.rewards]
+def reward_metrics(groups: Sequence[tuple[Sequence[float], int]]) -> dict[str, float]:
+    """What the step trained on, from each group's (rewards, trainable turns): counts and reward statistics."""
+    rewards = [float(r) for group_rewards, _turns in groups for r in group_rewards]
     metrics: dict[str, float] = {
-        "num_groups": float(len(rows)),
+        "num_groups": float(len(groups)),
         "num_trajectories": float(len(rewards)),
-        "trainable_turns": float(sum(row.trainable_turns for row in rows)),
+        "trainable_turns": float(sum(turns for _rewards, turns in groups)),
     }
     if rewards:
         metrics["reward_mean"] = statistics.fmean(rewards)

@@ -430,7 +430,7 @@ class JobRunner:
                 row.submit_started_at = utcnow()
                 row.error = None
             outcome = await self.ctx.shield(
-                self._post_and_record(trainer, model, step, groups, hp, len(rows), n_traj)
+                self._post_and_record(trainer, model, step, groups, hp, len(rows), n_traj, job.total_steps)
             )
             if outcome != "rate_limited":
                 return
@@ -453,9 +453,9 @@ class JobRunner:
         hp: Hyperparameters,
         n_groups: int,
         n_traj: int,
+        total: int,
     ) -> str:
         """The POST and the write of what came of it, as one unit that survives task cancellation."""
-        total = (await self._job()).total_steps
         try:
             remote_id = await trainer.submit(model.remote_id or "", groups, hp)
         except RemoteRateLimited as exc:
@@ -681,7 +681,17 @@ class JobRunner:
     ) -> None:
         job = await self._job()
         step = await self._step(step_id)
-        rows = await self._group_rows(job, step.group_positions)
+
+        async def load_rewards(s: AsyncSession) -> list[tuple[list[float], int]]:
+            # only the small columns: a group's trajectories can be large
+            result = await s.execute(
+                sa.select(DatasetGroup.rewards, DatasetGroup.trainable_turns).where(
+                    DatasetGroup.dataset_id == job.dataset_id, DatasetGroup.position.in_(step.group_positions)
+                )
+            )
+            return [(list(r), int(t)) for r, t in result.all()]
+
+        rewards = await self._read(load_rewards)
         async with self.owned() as (session, owned_job):
             row = await session.get(JobStep, step_id)
             line = await session.get(ServedModel, model.id)
@@ -694,7 +704,7 @@ class JobRunner:
                 if row.gradient_steps
                 else {}
             )
-            metrics: dict[str, float] = {**_numeric(remote.metrics), **means, **reward_metrics(rows)}
+            metrics: dict[str, float] = {**_numeric(remote.metrics), **means, **reward_metrics(rewards)}
             if "loss" in means:
                 metrics["train_loss"] = means["loss"]
             ckpt = await record_checkpoint(

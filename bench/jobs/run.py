@@ -304,6 +304,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for s in steps
             if s.finished_at and s.submit_started_at
         ]
+        def phase(start: str, end: str) -> dict[str, float]:
+            values = [
+                (getattr(s, end) - getattr(s, start)).total_seconds() * 1000
+                for s in steps
+                if getattr(s, end) and getattr(s, start)
+            ]
+            return {"p50": round(percentile(values, 50), 1), "p90": round(percentile(values, 90), 1)}
+
+        phases = {
+            "post (submitting → remote id stored)": phase("submit_started_at", "submitted_at"),
+            "events (remote id → last event stored)": phase("submitted_at", "last_event_at"),
+            "checkpoint (last event → checkpoint, aliases, retention stored)": phase("last_event_at", "finished_at"),
+        }
         per_job_step_ms = [
             (j.finished_at - j.started_at).total_seconds() * 1000 / max(1, j.total_steps)
             for j in jobs
@@ -326,6 +339,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "p99": round(percentile(step_ms, 99), 1),
                 "mean": round(statistics.fmean(step_ms), 1),
             },
+            "step_phases_ms": phases,
             "job_time_per_step_ms": {
                 "p50": round(percentile(per_job_step_ms, 50), 1),
                 "mean": round(statistics.fmean(per_job_step_ms), 1),
@@ -378,6 +392,8 @@ def main() -> None:
     print(f"  statuses: {result['statuses']}  training POSTs: {result['training_posts']}")
     print(f"  wall: {result['wall_s']} s   → {result['jobs_per_minute']} jobs/minute")
     print(f"  step (submit → checkpoint recorded) ms: {result['step_ms']}")
+    for name, values in result["step_phases_ms"].items():
+        print(f"    {name}: {values}")
     print(f"  job time / steps ms: {result['job_time_per_step_ms']}")
     print(f"  retrieve under load ({result['readers']} readers) ms: {result['retrieve_ms']}")
 
