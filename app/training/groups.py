@@ -34,11 +34,13 @@ def _messages(items: Sequence[Any]) -> list[Any]:
 
 def trajectory_from_dict(data: dict[str, Any]) -> Any:
     art = import_art()
+    from art.trajectories import History
+
     base = {k: v for k, v in data.items() if k not in ("messages_and_choices", "additional_histories")}
     trajectory = art.Trajectory.model_validate({**base, "messages_and_choices": []})
     trajectory.messages_and_choices = _messages(data.get("messages_and_choices") or [])
     trajectory.additional_histories = [
-        art.History(
+        History(
             messages_and_choices=_messages(h.get("messages_and_choices") or []),
             **({"tools": h["tools"]} if h.get("tools") is not None else {}),
         )

@@ -151,3 +151,48 @@ async def test_cancel_while_running_stops_after_the_step_in_flight(
         assert done.fine_tuned_model.endswith(":step1")
         events = [e.message for e in (await svc.sdk.fine_tuning.jobs.list_events(job.id)).data]
         assert events[0] == "Job cancelled after 1 of 3 steps; its checkpoints are kept"
+
+
+async def test_rl_hyperparameters_reach_wandb_as_arts_experimental_config(
+    start_service: StartService, emulator: EmulatorHandle
+) -> None:
+    async with start_service() as svc:
+        ds = await make_dataset(svc.sessionmaker, groups=1)
+        job = await svc.sdk.fine_tuning.jobs.create(
+            model=BASE,
+            training_file=ds.id,
+            suffix="tuned",
+            method={
+                "type": "reinforcement",
+                "reinforcement": {
+                    "hyperparameters": {  # type: ignore[typeddict-unknown-key]
+                        "learning_rate": 3e-6,
+                        "ppo": True,
+                        "epsilon": 0.2,
+                        "epsilon_high": 0.3,
+                        "advantage_balance": 0.25,
+                        "scale_rewards": False,
+                        "importance_sampling_level": "sequence",
+                        "max_negative_advantage_importance_sampling_weight": 5.0,
+                        "mask_prob_ratio": True,
+                        "precalculate_logprobs": True,
+                        "kimi_k2_tau": 0.5,
+                    }
+                },
+            },
+        )
+        assert (await wait_for_job(svc.sdk, job.id)).status == "succeeded"
+    (sent,) = emulator.jobs("tuned")
+    assert sent["experimental_config"] == {
+        "learning_rate": 3e-6,
+        "ppo": True,
+        "epsilon": 0.2,
+        "epsilon_high": 0.3,
+        "advantage_balance": 0.25,
+        "scale_rewards": False,
+        "importance_sampling_level": "sequence",
+        "max_negative_advantage_importance_sampling_weight": 5.0,
+        "mask_prob_ratio": True,
+        "precalculate_logprobs": True,
+        "kimi_k2_tau": 0.5,
+    }
