@@ -107,3 +107,23 @@ def test_conversations_merge_repeated_prefixes_and_split_fresh_requests() -> Non
     assert histories == [
         {"messages_and_choices": [sys, u1, {"role": "assistant", "content": "retry"}], "tools": None}
     ]
+
+
+def test_the_collector_is_paused_while_any_build_runs_and_restored_after() -> None:
+    import gc
+
+    from app.datasets.babylon_build import cyclic_gc_paused
+
+    assert gc.isenabled()
+    with cyclic_gc_paused():
+        with cyclic_gc_paused():  # two builds at once
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the first is still running
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with cyclic_gc_paused():
+            pass
+        assert not gc.isenabled()  # an app that chose to run without it keeps its choice
+    finally:
+        gc.enable()
