@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -27,6 +28,11 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(url: str, script: Path, conc: int, seconds: int, key: str, model: str) -> int:
@@ -115,11 +121,19 @@ def main() -> None:
     ]
     sent = 0
     samples = [("warm", 0, base)]
+    cpu_per_request = {}
     for name, target in plan:
-        sent += phase(name, url, args, target)
-        time.sleep(2)
+        cpu0 = cpu_s(args.pid)
+        done = phase(name, url, args, target)
+        time.sleep(2)  # the writers' last flush of this phase is counted in it
+        cpu_per_request[name] = 1000 * (cpu_s(args.pid) - cpu0) / done
+        sent += done
         samples.append((name, sent, rss_mb(args.pid)))
-        print(f"after {name:8s}: {sent:7d} requests, RSS {samples[-1][2]:.1f} MB", flush=True)
+        print(
+            f"after {name:8s}: {sent:7d} requests, RSS {samples[-1][2]:.1f} MB, "
+            f"{cpu_per_request[name]:.3f} ms CPU/request in this phase (c=32)",
+            flush=True,
+        )
     growth = samples[-1][2] - base
     print(
         f"RSS growth over {sent} requests: {growth:+.1f} MB (peak {max(s[2] for s in samples):.1f} MB) "
@@ -134,6 +148,7 @@ def main() -> None:
                 "rss_end_mb": samples[-1][2],
                 "growth_mb": growth,
                 "samples": samples,
+                "cpu_ms_per_request": cpu_per_request,
             }
         )
     )
