@@ -1,8 +1,10 @@
 """OpenAI-compatible inference routes: /v1/chat/completions, /v1/models, aliases.
 
 Every route authenticates in `GatewayRoute` (401 in the envelope without a valid key) and
-answers with `x-gateway-overhead-ms`; chat completions also carry `x-gateway-served-model`
-(and `x-gateway-fallback: base_model` when the base model stood in for a deleted checkpoint).
+answers with `x-gateway-overhead-ms`: the time spent in the gateway minus the time waiting for
+the upstream (for a stream, up to its response headers; the request log has the whole stream's).
+Chat completions also carry `x-gateway-served-model` (and `x-gateway-fallback: base_model` when
+the base model stood in for a deleted checkpoint).
 """
 
 from __future__ import annotations
