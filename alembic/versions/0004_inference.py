@@ -21,7 +21,9 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "gateway_requests",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+        ),
         sa.Column("created_at", app.db.UTCDateTime(), nullable=False),
         sa.Column("request_id", sa.String(length=128), nullable=True),
         sa.Column("key_id", sa.String(length=40), nullable=True),
@@ -51,5 +53,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index(op.f("ix_gateway_requests_created_at"), table_name="gateway_requests")
-    op.drop_index(op.f("ix_gateway_requests_key_id_gateway_requests_created_at"), table_name="gateway_requests")
+    op.drop_index(
+        op.f("ix_gateway_requests_key_id_gateway_requests_created_at"), table_name="gateway_requests"
+    )
     op.drop_table("gateway_requests")
