@@ -304,6 +304,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for s in steps
             if s.finished_at and s.submit_started_at
         ]
+
         def phase(start: str, end: str) -> dict[str, float]:
             values = [
                 (getattr(s, end) - getattr(s, start)).total_seconds() * 1000
@@ -315,7 +316,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         phases = {
             "post (submitting → remote id stored)": phase("submit_started_at", "submitted_at"),
             "events (remote id → last event stored)": phase("submitted_at", "last_event_at"),
-            "checkpoint (last event → checkpoint, aliases, retention stored)": phase("last_event_at", "finished_at"),
+            "checkpoint (last event → checkpoint, aliases, retention stored)": phase(
+                "last_event_at", "finished_at"
+            ),
         }
         per_job_step_ms = [
             (j.finished_at - j.started_at).total_seconds() * 1000 / max(1, j.total_steps)
