@@ -51,10 +51,6 @@ from app.trajectories.context import (
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 20.0
-SCORE_FLUSH_ROWS = 5_000
-# windows' groups are written once this many trajectories are pending (bounded memory, and one
-# commit per many small windows rather than per window: each commit waits for the disk)
-FLUSH_TRAJECTORIES = 2_000
 SCORER_ERROR = "scorer_error"
 _loads = orjson.loads
 
@@ -270,10 +266,7 @@ class BabylonBuild:
             stats.step_formats[PLUGIN] += plugin
         if recorder:
             stats.step_formats[RECORDER] += recorder
-        if (
-            self.writer.pending_scores >= SCORE_FLUSH_ROWS
-            or time.monotonic() - self._last_flush > HEARTBEAT_EVERY_S
-        ):
+        if self.writer.should_flush or time.monotonic() - self._last_flush > HEARTBEAT_EVERY_S:
             await self._flush()
 
     def _persist_one(self, tid: str, agent: str, observation: Any) -> None:
@@ -346,10 +339,7 @@ class BabylonBuild:
         if grouping.groups:
             await self._write_groups(key, grouping.groups)
         self._key = None
-        if (
-            self.writer.pending_trajectories >= FLUSH_TRAJECTORIES
-            or self.writer.pending_scores >= SCORE_FLUSH_ROWS
-        ):
+        if self.writer.should_flush:
             await self._flush()
 
     async def _write_groups(

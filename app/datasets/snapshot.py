@@ -20,6 +20,8 @@ from app.db import utcnow
 from app.scoring.registry import ScoreResult
 
 DETAIL_MAX = 500
+FLUSH_TRAJECTORIES = 2_000  # trajectories of pending groups
+FLUSH_ROWS = 2_000  # pending score and rejection rows
 ID_MAX = 200
 
 
@@ -122,12 +124,13 @@ class SnapshotWriter:
         self._pending_trajectories = 0
 
     @property
-    def pending_scores(self) -> int:
-        return len(self._scores)
-
-    @property
-    def pending_trajectories(self) -> int:
-        return self._pending_trajectories
+    def should_flush(self) -> bool:
+        """Enough is pending to write it now: memory holds at most this much, and small windows
+        share one commit (each commit waits for the disk)."""
+        return (
+            self._pending_trajectories >= FLUSH_TRAJECTORIES
+            or len(self._scores) + len(self._rejections) >= FLUSH_ROWS
+        )
 
     def add_group(
         self, scenario_id: str, rewards: list[float], trajectories: list[dict[str, Any]], trainable_turns: int
