@@ -72,4 +72,6 @@ async def file_content(file_id: str, request: Request, session: SessionDep) -> S
     # end this read before streaming: the stream pages with its own short sessions, and an
     # open transaction here would hold SQLite's lock (every transaction begins IMMEDIATE)
     await session.rollback()
-    return StreamingResponse(service.file_lines(request.app.state.sessionmaker, dataset_id), media_type="application/jsonl")
+    return StreamingResponse(
+        service.file_lines(request.app.state.sessionmaker, dataset_id), media_type="application/jsonl"
+    )
