@@ -13,11 +13,11 @@ from app.datasets.schemas import (
     DatasetGroupObject,
     DatasetObject,
     DatasetRejectionObject,
-    ListPage,
 )
 from app.datasets.tasks import start_build
 from app.deps import SessionDep, SettingsDep
 from app.errors import BadRequest, error_responses
+from app.pagination import ListPage
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -53,12 +53,7 @@ async def list_datasets(
 ) -> ListPage[DatasetObject]:
     rows, has_more = await service.list_datasets(session, after=after, limit=limit, source=source)
     data = [DatasetObject.from_row(r) for r in rows]
-    return ListPage(
-        data=data,
-        has_more=has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return ListPage.of(data, has_more)
 
 
 @router.get("/{dataset_id}", response_model=DatasetObject, responses=error_responses(404))
@@ -108,12 +103,7 @@ async def list_groups(
         )
         for r in rows[:limit]
     ]
-    return ListPage(
-        data=data,
-        has_more=len(rows) > limit,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return ListPage.of(data, len(rows) > limit)
 
 
 @router.get(
@@ -149,9 +139,4 @@ async def list_rejections(
         )
         for r in rows
     ]
-    return ListPage(
-        data=data,
-        has_more=has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return ListPage.of(data, has_more)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
@@ -149,16 +149,3 @@ class DatasetRejectionObject(BaseModel):
     agent_id: str | None
     reason: str
     detail: str | None
-
-
-T = TypeVar("T")
-
-
-class ListPage(BaseModel, Generic[T]):
-    """OpenAI's list envelope (cursor pages: pass `after=<last_id>` for the next page)."""
-
-    object: Literal["list"] = "list"
-    data: list[T]
-    has_more: bool
-    first_id: str | None
-    last_id: str | None

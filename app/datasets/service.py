@@ -30,6 +30,7 @@ from app.db import utcnow
 from app.errors import AppError, BadRequest, Conflict, NotFound
 from app.files.models import File
 from app.ids import new_id
+from app.pagination import after_row, created_order, fetch_page
 from app.scoring.registry import get_scorer
 
 logger = logging.getLogger(__name__)
@@ -328,20 +329,8 @@ async def list_datasets(
         anchor = await session.get(Dataset, after)
         if anchor is None:
             raise BadRequest(f"no dataset with id {after!r}", param="after", code="invalid_cursor")
-        query = query.where(
-            sa.or_(
-                Dataset.created_at < anchor.created_at,
-                sa.and_(Dataset.created_at == anchor.created_at, Dataset.id < anchor.id),
-            )
-        )
-    rows = list(
-        (
-            await session.scalars(
-                query.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit + 1)
-            )
-        ).all()
-    )
-    return rows[:limit], len(rows) > limit
+        query = query.where(after_row(Dataset, anchor, newest_first=True))
+    return await fetch_page(session, query.order_by(*created_order(Dataset, newest_first=True)), limit)
 
 
 def ensure_ready(dataset: Dataset) -> None:

@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
 
-from app.datasets.schemas import ListPage
 from app.deps import SessionDep
 from app.errors import BadRequest, error_responses
 from app.files import service
 from app.files.schemas import FileDeleted, FileObject
+from app.pagination import ListPage
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -44,12 +44,7 @@ async def list_files(
 ) -> ListPage[FileObject]:
     rows, has_more = await service.list_files(session, purpose=purpose, after=after, limit=limit, order=order)
     data = [FileObject.from_row(r) for r in rows]
-    return ListPage(
-        data=data,
-        has_more=has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return ListPage.of(data, has_more)
 
 
 @router.get("/{file_id}", response_model=FileObject, responses=error_responses(404))

@@ -24,6 +24,7 @@ from app.errors import BadRequest, NotFound
 from app.files.jsonl import GroupReader, LineError
 from app.files.models import File
 from app.ids import new_id
+from app.pagination import after_row, created_order, fetch_page
 from app.trajectories.art_shape import count_turns
 
 PURPOSES = ("fine-tune",)
@@ -144,23 +145,8 @@ async def list_files(
         anchor = await session.get(File, after)
         if anchor is None:
             raise BadRequest(f"no file with id {after!r}", param="after", code="invalid_cursor")
-        if newest_first:
-            query = query.where(
-                sa.or_(
-                    File.created_at < anchor.created_at,
-                    sa.and_(File.created_at == anchor.created_at, File.id < anchor.id),
-                )
-            )
-        else:
-            query = query.where(
-                sa.or_(
-                    File.created_at > anchor.created_at,
-                    sa.and_(File.created_at == anchor.created_at, File.id > anchor.id),
-                )
-            )
-    ordering = (File.created_at.desc(), File.id.desc()) if newest_first else (File.created_at, File.id)
-    rows = list((await session.scalars(query.order_by(*ordering).limit(limit + 1))).all())
-    return rows[:limit], len(rows) > limit
+        query = query.where(after_row(File, anchor, newest_first=newest_first))
+    return await fetch_page(session, query.order_by(*created_order(File, newest_first=newest_first)), limit)
 
 
 async def delete_file(session: AsyncSession, file_id: str) -> None:

@@ -81,12 +81,7 @@ async def list_jobs(
         session, after=after, limit=limit, metadata=filters, metadata_null=metadata_null
     )
     data = [job_object(j) for j in jobs]
-    return JobList(
-        data=data,
-        has_more=has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return JobList.of(data, has_more)
 
 
 @router.get("/jobs/{fine_tuning_job_id}", response_model=JobObject, responses=error_responses(404))
@@ -117,12 +112,7 @@ async def list_events(
     """Newest first: every state change (type `message`) and every gradient step (type `metrics`)."""
     events, has_more = await service.list_events(session, fine_tuning_job_id, after=after, limit=limit)
     data = [event_object(e) for e in events]
-    return EventList(
-        data=data,
-        has_more=has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return EventList.of(data, has_more)
 
 
 @router.get(
@@ -143,9 +133,4 @@ async def list_checkpoints(
         session, fine_tuning_job_id, after=after, limit=limit, include_deleted=include_deleted
     )
     data = [checkpoint_object(c, fine_tuning_job_id) for c in ckpts]
-    return CheckpointList(
-        data=data,
-        has_more=has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return CheckpointList.of(data, has_more)

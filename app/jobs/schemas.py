@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.db import to_unix
 from app.jobs.models import FineTuningJob, JobEvent
+from app.pagination import ListPage
 from app.registry.models import Checkpoint
 
 ORGANIZATION_ID = "org-training-control"
@@ -66,14 +67,6 @@ class JobObject(BaseModel):
     metadata: dict[str, str] | None
 
 
-class JobList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[JobObject]
-    has_more: bool
-    first_id: str | None = None
-    last_id: str | None = None
-
-
 class EventObject(BaseModel):
     id: str
     object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
@@ -82,14 +75,6 @@ class EventObject(BaseModel):
     type: str
     message: str
     data: dict[str, Any] | None
-
-
-class EventList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[EventObject]
-    has_more: bool
-    first_id: str | None = None
-    last_id: str | None = None
 
 
 class CheckpointObject(BaseModel):
@@ -102,14 +87,6 @@ class CheckpointObject(BaseModel):
     fine_tuning_job_id: str
     step_number: int
     metrics: dict[str, Any]
-
-
-class CheckpointList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[CheckpointObject]
-    has_more: bool
-    first_id: str | None = None
-    last_id: str | None = None
 
 
 def job_object(job: FineTuningJob) -> JobObject:
@@ -172,3 +149,8 @@ def checkpoint_object(ckpt: Checkpoint, job_id: str) -> CheckpointObject:
         job_step=ckpt.job_step,
         deleted=ckpt.deleted_at is not None,
     )
+
+
+JobList = ListPage[JobObject]
+EventList = ListPage[EventObject]
+CheckpointList = ListPage[CheckpointObject]

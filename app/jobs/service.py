@@ -33,6 +33,7 @@ from app.jobs.models import (
 )
 from app.jobs.schemas import CreateJobRequest
 from app.jobs.states import transition
+from app.pagination import after_row, created_order, fetch_page
 from app.registry.models import Checkpoint, ServedModel
 
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -328,12 +329,7 @@ async def list_jobs(
         anchor = await session.get(FineTuningJob, after)
         if anchor is None:
             raise BadRequest(f"after: no job {after!r}", param="after", code="invalid_cursor")
-        query = query.where(
-            sa.or_(
-                FineTuningJob.created_at < anchor.created_at,
-                sa.and_(FineTuningJob.created_at == anchor.created_at, FineTuningJob.id < anchor.id),
-            )
-        )
+        query = query.where(after_row(FineTuningJob, anchor, newest_first=True))
     if metadata_null:
         # None is stored as JSON null (not SQL NULL) by the JSON type: accept both
         query = query.where(
@@ -343,14 +339,7 @@ async def list_jobs(
         )
     for key, value in (metadata or {}).items():
         query = query.where(FineTuningJob.job_metadata[key].as_string() == value)
-    rows = list(
-        (
-            await session.scalars(
-                query.order_by(FineTuningJob.created_at.desc(), FineTuningJob.id.desc()).limit(limit + 1)
-            )
-        ).all()
-    )
-    return rows[:limit], len(rows) > limit
+    return await fetch_page(session, query.order_by(*created_order(FineTuningJob, newest_first=True)), limit)
 
 
 async def list_events(
@@ -366,8 +355,7 @@ async def list_events(
         if anchor is None:
             raise BadRequest(f"after: no event {after!r} in this job", param="after", code="invalid_cursor")
         query = query.where(JobEvent.seq < anchor.seq)
-    rows = list((await session.scalars(query.order_by(JobEvent.seq.desc()).limit(limit + 1))).all())
-    return rows[:limit], len(rows) > limit
+    return await fetch_page(session, query.order_by(JobEvent.seq.desc()), limit)
 
 
 async def list_checkpoints(
@@ -387,8 +375,7 @@ async def list_checkpoints(
                 f"after: no checkpoint {after!r} in this job", param="after", code="invalid_cursor"
             )
         query = query.where(Checkpoint.step < anchor.step)
-    rows = list((await session.scalars(query.order_by(Checkpoint.step.desc()).limit(limit + 1))).all())
-    return rows[:limit], len(rows) > limit
+    return await fetch_page(session, query.order_by(Checkpoint.step.desc()), limit)
 
 
 async def cancel_job(session: AsyncSession, settings: Settings, job_id: str) -> FineTuningJob:

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.datasets.schemas import ListPage
 from app.deps import SessionDep
 from app.errors import BadRequest, error_responses
+from app.pagination import ListPage
 from app.scoring import babylon as _babylon  # noqa: F401  (registers the game's scorers)
 from app.scoring.registry import list_scorers
 from app.scoring.schemas import ScoreObject, ScorerObject
@@ -47,12 +47,7 @@ async def get_scores(
         limit=limit,
     )
     data = [ScoreObject.from_row(r) for r in rows]
-    return ListPage(
-        data=data,
-        has_more=has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return ListPage.of(data, has_more)
 
 
 @router.get("/v1/scorers", response_model=ListPage[ScorerObject])
@@ -69,9 +64,4 @@ async def get_scorers() -> ListPage[ScorerObject]:
         )
         for s in list_scorers()
     ]
-    return ListPage(
-        data=data,
-        has_more=False,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return ListPage.of(data, False)

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.datasets.schemas import ListPage
 from app.deps import SessionDep
 from app.errors import error_responses
+from app.pagination import ListPage
 from app.trajectories import service
 from app.trajectories.schemas import TrajectoryBatch, TrajectoryBatchResult, TrajectoryObject
 
@@ -33,12 +33,7 @@ async def list_trajectories(
 ) -> ListPage[TrajectoryObject]:
     rows, has_more = await service.list_pushed(session, scenario_id=scenario_id, after=after, limit=limit)
     data = [TrajectoryObject.from_row(r) for r in rows]
-    return ListPage(
-        data=data,
-        has_more=has_more,
-        first_id=data[0].id if data else None,
-        last_id=data[-1].id if data else None,
-    )
+    return ListPage.of(data, has_more)
 
 
 @router.get("/{trajectory_id}", response_model=TrajectoryObject, responses=error_responses(404))

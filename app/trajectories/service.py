@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import BadRequest, NotFound
 from app.ids import new_id
+from app.pagination import after_row, created_order, fetch_page
 from app.trajectories.art_shape import count_turns
 from app.trajectories.models import PushedTrajectory
 from app.trajectories.schemas import AcceptedItem, ItemError, TrajectoryBatchResult
@@ -130,17 +131,7 @@ async def list_pushed(
         anchor = await session.get(PushedTrajectory, after)
         if anchor is None:
             raise BadRequest(f"no pushed trajectory with id {after!r}", param="after", code="invalid_cursor")
-        query = query.where(
-            sa.or_(
-                PushedTrajectory.created_at > anchor.created_at,
-                sa.and_(PushedTrajectory.created_at == anchor.created_at, PushedTrajectory.id > anchor.id),
-            )
-        )
-    rows = list(
-        (
-            await session.scalars(
-                query.order_by(PushedTrajectory.created_at, PushedTrajectory.id).limit(limit + 1)
-            )
-        ).all()
+        query = query.where(after_row(PushedTrajectory, anchor, newest_first=False))
+    return await fetch_page(
+        session, query.order_by(*created_order(PushedTrajectory, newest_first=False)), limit
     )
-    return rows[:limit], len(rows) > limit

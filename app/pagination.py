@@ -1,0 +1,64 @@
+"""Cursor pages in OpenAI's list envelope: `{object: "list", data, has_more, first_id, last_id}`.
+
+Lists are ordered by (created_at, id) and paged with `after=<id of the last item seen>`
+(keyset pagination: no OFFSET scans, no gaps or repeats when rows are added meanwhile).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, Protocol, Self, TypeVar
+
+import sqlalchemy as sa
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+class _HasId(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+T = TypeVar("T")
+Row = TypeVar("Row")
+
+
+class ListPage(BaseModel, Generic[T]):
+    """OpenAI's list envelope (cursor pages: pass `after=<last_id>` for the next page)."""
+
+    object: Literal["list"] = "list"
+    data: list[T]
+    has_more: bool
+    first_id: str | None = None
+    last_id: str | None = None
+
+    @classmethod
+    def of(cls, data: list[T], has_more: bool) -> Self:
+        ids = [getattr(item, "id", None) for item in data]
+        return cls(
+            data=data, has_more=has_more, first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None
+        )
+
+
+def after_row(model: Any, anchor: Any, *, newest_first: bool) -> sa.ColumnElement[bool]:
+    """Rows that come after `anchor` in (created_at, id) order."""
+    if newest_first:
+        return sa.or_(
+            model.created_at < anchor.created_at,
+            sa.and_(model.created_at == anchor.created_at, model.id < anchor.id),
+        )
+    return sa.or_(
+        model.created_at > anchor.created_at,
+        sa.and_(model.created_at == anchor.created_at, model.id > anchor.id),
+    )
+
+
+def created_order(model: Any, *, newest_first: bool) -> tuple[Any, Any]:
+    if newest_first:
+        return model.created_at.desc(), model.id.desc()
+    return model.created_at.asc(), model.id.asc()
+
+
+async def fetch_page(session: AsyncSession, query: sa.Select[Row], limit: int) -> tuple[list[Row], bool]:
+    """Up to `limit` rows of an ordered query, and whether more follow."""
+    rows = list((await session.scalars(query.limit(limit + 1))).all())
+    return rows[:limit], len(rows) > limit
