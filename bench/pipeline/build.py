@@ -52,11 +52,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         name = f"bench_pipeline_svc_{os.getpid()}_{secrets.token_hex(3)}"
         await _pg_admin(f'CREATE DATABASE "{name}"')
         cleanup.append(name)
-        service_url = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
+        service_url = (
+            PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://") + f"/{name}"
+        )
     try:
         await asyncio.to_thread(migrations.upgrade, service_url)
         settings = load_settings(
-            environment="development", database_url=service_url, babylon_database_url=args.dsn, run_worker=False
+            environment="development",
+            database_url=service_url,
+            babylon_database_url=args.dsn,
+            run_worker=False,
         )
         engine = create_engine(settings)
         sessionmaker = create_sessionmaker(engine)
@@ -109,7 +114,9 @@ def main() -> None:
     p.add_argument("--max-group-size", type=int, default=8)
     p.add_argument("--max-groups-per-window", type=int, default=1)
     p.add_argument("--persist-scores", choices=["used", "all", "none"], default="used")
-    p.add_argument("--only-unused", dest="include_used", action="store_false", help="default: every row, as the anchor")
+    p.add_argument(
+        "--only-unused", dest="include_used", action="store_false", help="default: every row, as the anchor"
+    )
     print(json.dumps(asyncio.run(run(p.parse_args()))))
 
 

@@ -112,9 +112,9 @@ def summarize() -> str:
         lines.append(f"### {db}\n")
         lines.append(
             "| variant | runs | wall s (min / med / max) | trajectories/s (median) | × anchor | × COPY floor "
-            "| peak RSS MiB (min / med / max) | load avg (min / max) |"
+            "| peak RSS MiB (min / med / max) | client CPU s (median) | load avg (min / max) |"
         )
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for variant in dict.fromkeys(r["bench_variant"] for r in mine):
             rs = [r for r in mine if r["bench_variant"] == variant]
             walls = [r["wall_s"] for r in rs]
@@ -123,9 +123,11 @@ def summarize() -> str:
             rate = med[variant]
             vs_anchor = f"{rate / med['anchor']:.2f}" if "anchor" in med else "–"
             vs_copy = f"{rate / med['copy']:.2f}" if "copy" in med else "–"
+            cpu = [r["cpu_s"] for r in rs if "cpu_s" in r]
+            cpu_text = f"{statistics.median(cpu):.2f}" if cpu else "–"
             lines.append(
                 f"| {variant} | {len(rs)} | {_mmm(walls, '{:.2f}')} | {rate:,.0f} | {vs_anchor} | {vs_copy} "
-                f"| {_mmm(rss, '{:.0f}')} | {min(loads):.1f} / {max(loads):.1f} |"
+                f"| {_mmm(rss, '{:.0f}')} | {cpu_text} | {min(loads):.1f} / {max(loads):.1f} |"
             )
         if table_rows is not None:
             lines.append(f"\n{table_rows:,} rows read per build (the anchor skips the empty ones).\n")
