@@ -191,16 +191,23 @@ async def _finish(
         return dataset
 
 
-def _error_of(exc: BaseException) -> dict[str, Any]:
+def _redact(message: str, url: str | None) -> str:
+    """Drivers may quote parts of the connection string; the game DB's password never leaves."""
+    if url:
+        password = sa.engine.make_url(url).password
+        if password:
+            message = message.replace(str(password), "***")
+    return message
+
+
+def _error_of(exc: BaseException, babylon_url: str | None) -> dict[str, Any]:
     if isinstance(exc, AppError):
         return {"code": exc.code or "build_failed", "message": exc.message, "param": exc.param}
     if isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)):
-        return {
-            "code": "babylon_unavailable",
-            "message": f"reading the game's database failed: {type(exc).__name__}: {exc}"[:500],
-            "param": None,
-        }
-    return {"code": "build_failed", "message": f"{type(exc).__name__}: {exc}"[:500], "param": None}
+        message = f"reading the game's database failed: {type(exc).__name__}: {exc}"
+        return {"code": "babylon_unavailable", "message": _redact(message, babylon_url)[:500], "param": None}
+    message = _redact(f"{type(exc).__name__}: {exc}", babylon_url)
+    return {"code": "build_failed", "message": message[:500], "param": None}
 
 
 async def build_dataset(
@@ -250,7 +257,7 @@ async def build_dataset(
         )
         raise
     except Exception as exc:
-        error = _error_of(exc)
+        error = _error_of(exc, settings.babylon_database_url)
         if error["code"] == "build_failed":
             logger.exception("datasets.build_failed dataset_id=%s", dataset_id)
         else:

@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy.engine import make_url as sa_url
 
 from tests.pipeline.conftest import Pipeline
 from tests.pipeline.game import GameDB
@@ -247,3 +248,36 @@ async def test_datasets_list_newest_first_with_cursor_pages(pipeline: Pipeline, 
     bad = await pipeline.client.get("/v1/datasets", params={"after": "ds-missing"})
     assert bad.status_code == 400
     assert bad.json()["error"]["param"] == "after"
+
+
+async def test_a_build_answers_at_once_and_finishes_in_the_background(
+    pipeline: Pipeline, game: GameDB
+) -> None:
+    for i in range(3):
+        await game.add_trajectory(
+            f"a{i}", [{"reward": 0.1 * i, "action": {"actionType": "TRADING_DECISION"}}]
+        )
+    r = await pipeline.client.post("/v1/datasets", params={"wait_s": 0}, json={})
+    assert r.status_code == 200
+    first = r.json()
+    assert first["status"] in ("queued", "building")
+    for _ in range(200):
+        current = (await pipeline.client.get(f"/v1/datasets/{first['id']}")).json()
+        if current["status"] in ("ready", "failed"):
+            break
+        await asyncio.sleep(0.05)
+    assert current["status"] == "ready"
+    assert current["group_count"] == 1
+    assert current["finished_at"] >= current["created_at"]
+
+
+async def test_a_failed_build_never_shows_the_game_database_password(
+    make_pipeline: MakePipeline, game_dsn: str
+) -> None:
+    url = sa_url(game_dsn).set(password="s3cr3t-pw", port=1).render_as_string(hide_password=False)
+    async with make_pipeline(url) as p:
+        ds = await p.build(expect="failed")
+        listed = (await p.client.get("/v1/datasets")).text
+    assert ds["error"]["code"] == "babylon_unavailable"
+    assert "s3cr3t-pw" not in str(ds)
+    assert "s3cr3t-pw" not in listed
