@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 from app import migrations
 from app.auth import require_api_key
 from app.config import NO_API_KEY_MESSAGE, ConfigError, Settings, load_settings
+from app.datasets import lifecycle as datasets_lifecycle
 from app.datasets.router import router as datasets_router
 from app.db import create_engine, create_sessionmaker
 from app.errors import error_responses, install_error_handlers
@@ -82,11 +83,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     try:
         await inference_lifecycle.startup(app)
+        await datasets_lifecycle.startup(app)
         await worker_lifecycle.startup(app)
         logger.info("service.started database=%s", engine.url.get_backend_name())
         yield
     finally:
         await worker_lifecycle.shutdown(app)
+        await datasets_lifecycle.shutdown(app)
         await inference_lifecycle.shutdown(app)
         await engine.dispose()
         logger.info("service.stopped")

@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
+from app.config import Settings
 from app.datasets import lifecycle
 from app.datasets.models import Dataset
 from app.datasets.schemas import DatasetCreate
@@ -139,3 +140,29 @@ async def test_builds_are_counted_in_prometheus_metrics(pipeline: Pipeline, game
     text = (await pipeline.client.get("/metrics")).text
     assert 'dataset_builds_total{source="babylon",status="ready"} 1.0' in text
     assert 'dataset_rows_total{outcome="used"} 3.0' in text
+
+
+async def test_service_start_fails_builds_interrupted_by_a_previous_process(settings: Settings) -> None:
+    from asgi_lifespan import LifespanManager
+
+    from app.main import create_app
+
+    first = create_app(settings)
+    async with LifespanManager(first):
+        async with first.state.sessionmaker() as session:
+            session.add(
+                Dataset(
+                    id="ds-orphan",
+                    status="building",
+                    source="babylon",
+                    params={},
+                    stats={},
+                    heartbeat_at=utcnow() - dt.timedelta(hours=1),
+                )
+            )
+            await session.commit()
+    second = create_app(settings)
+    async with LifespanManager(second), second.state.sessionmaker() as session:
+        orphan = await session.get(Dataset, "ds-orphan")
+        assert orphan is not None
+        assert orphan.status == "failed"
