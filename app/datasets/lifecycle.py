@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.datasets.service import fail_stale_builds
 from app.datasets.tasks import cancel_builds
@@ -15,9 +16,15 @@ logger = logging.getLogger(__name__)
 async def startup(app: FastAPI) -> None:
     """Fail builds whose process died mid-way (their heartbeat is stale); replicas' live builds
     keep a fresh heartbeat and are left alone."""
-    async with app.state.sessionmaker() as session:
-        count = await fail_stale_builds(session)
-        await session.commit()
+    # Best effort: the service must still start (and answer /health, /readyz with 503) while its
+    # database is down or behind on migrations; POST /v1/datasets fails stale builds too.
+    try:
+        async with app.state.sessionmaker() as session:
+            count = await fail_stale_builds(session)
+            await session.commit()
+    except (SQLAlchemyError, OSError) as exc:
+        logger.warning("datasets.stale_build_check_skipped error=%s", type(exc).__name__)
+        return
     if count:
         logger.warning("datasets.stale_builds_failed count=%s", count)
 
