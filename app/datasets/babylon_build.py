@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.babylon.reader import BabylonReader, Selection
 from app.babylon.score_writer import BabylonScoreWriter
 from app.datasets.captures import captured_trajectory_ids, captures_for, conversation_from_captures
-from app.datasets.grouping import Candidate, GroupRules, form_groups
+from app.datasets.grouping import Candidate, form_groups
 from app.datasets.schemas import DatasetCreate
 from app.datasets.snapshot import SnapshotWriter
 from app.datasets.stats import (
@@ -123,12 +123,7 @@ class BabylonBuild:
         self._params = params
         self._scorer = scorer
         self._write_back = write_back
-        self._rules = GroupRules(
-            min_agents=params.min_agents,
-            max_group_size=params.max_group_size,
-            max_groups=params.max_groups_per_window,
-            drop_equal_rewards=params.drop_equal_rewards,
-        )
+        self._rules = params.group_rules()
         self.stats = BuildStats()
         self.writer = SnapshotWriter(
             sessionmaker,

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from app.datasets.grouping import GroupRules
 from app.db import to_unix
 from app.scoring.babylon import DEFAULT_SCORER
 
@@ -55,6 +56,14 @@ class DatasetCreate(BaseModel):
     max_listed_rejections: int = Field(
         10_000, ge=0, le=1_000_000, description="rejected rows kept for listing"
     )
+
+    def group_rules(self) -> GroupRules:
+        return GroupRules(
+            min_agents=self.min_agents,
+            max_group_size=self.max_group_size,
+            max_groups=self.max_groups_per_window,
+            drop_equal_rewards=self.drop_equal_rewards,
+        )
 
     @field_validator("start_time", "end_time")
     @classmethod
