@@ -23,7 +23,7 @@ from app.scoring.registry import (
     WindowContext,
     register_scorer,
 )
-from app.trajectories.babylon_steps import to_number
+from app.trajectories.babylon_steps import action_type, to_number
 
 
 def _clamp01(x: float) -> float:
@@ -33,16 +33,6 @@ def _clamp01(x: float) -> float:
 def _js_round_percent(x: float) -> int:
     # JavaScript's Math.round (half up), as the game formats "NN% win rate"
     return math.floor(x * 100 + 0.5)
-
-
-def _action_type(action: dict[str, Any]) -> str:
-    kind = action.get("actionType")
-    if type(kind) is str and kind != "pending":
-        return kind
-    name = action.get("actionName")
-    if type(name) is str:
-        return name
-    return kind if type(kind) is str else ""
 
 
 def ruler_reasoning(trading: float, win_rate: float, social: float, strategic: float) -> str:
@@ -85,7 +75,7 @@ class BabylonRulerScorer(TrajectoryScorer):
             action = step.get("action")
             if type(action) is not dict:
                 action = {}
-            kind = _action_type(action)
+            kind = action_type(action)
             if "TRADING" in kind or "BUY" in kind or "SELL" in kind:
                 n_trading += 1
                 if reward > 0:
