@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.errors import BadRequest
+
 
 class _HasId(Protocol):
     @property
@@ -37,6 +39,14 @@ class ListPage(BaseModel, Generic[T]):
         return cls(
             data=data, has_more=has_more, first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None
         )
+
+
+async def cursor_anchor(session: AsyncSession, model: type[Row], after: str, *, what: str) -> Row:
+    """The row named by an `after` cursor; 400 invalid_cursor when there is none."""
+    anchor = await session.get(model, after)
+    if anchor is None:
+        raise BadRequest(f"after: no {what} with id {after!r}", param="after", code="invalid_cursor")
+    return anchor
 
 
 def after_row(model: Any, anchor: Any, *, newest_first: bool) -> sa.ColumnElement[bool]:

@@ -30,7 +30,7 @@ from app.db import utcnow
 from app.errors import AppError, BadRequest, Conflict, NotFound
 from app.files.models import File
 from app.ids import new_id
-from app.pagination import after_row, created_order, fetch_page
+from app.pagination import after_row, created_order, cursor_anchor, fetch_page
 from app.scoring.registry import get_scorer
 
 logger = logging.getLogger(__name__)
@@ -333,9 +333,7 @@ async def list_datasets(
     if source is not None:
         query = query.where(Dataset.source == source)
     if after is not None:
-        anchor = await session.get(Dataset, after)
-        if anchor is None:
-            raise BadRequest(f"no dataset with id {after!r}", param="after", code="invalid_cursor")
+        anchor = await cursor_anchor(session, Dataset, after, what="dataset")
         query = query.where(after_row(Dataset, anchor, newest_first=True))
     return await fetch_page(session, query.order_by(*created_order(Dataset, newest_first=True)), limit)
 

@@ -24,7 +24,7 @@ from app.errors import BadRequest, NotFound
 from app.files.jsonl import GroupReader, LineError
 from app.files.models import File
 from app.ids import new_id
-from app.pagination import after_row, created_order, fetch_page
+from app.pagination import after_row, created_order, cursor_anchor, fetch_page
 from app.trajectories.art_shape import count_turns
 
 PURPOSES = ("fine-tune",)
@@ -142,9 +142,7 @@ async def list_files(
         query = query.where(File.purpose == purpose)
     newest_first = order == "desc"
     if after is not None:
-        anchor = await session.get(File, after)
-        if anchor is None:
-            raise BadRequest(f"no file with id {after!r}", param="after", code="invalid_cursor")
+        anchor = await cursor_anchor(session, File, after, what="file")
         query = query.where(after_row(File, anchor, newest_first=newest_first))
     return await fetch_page(session, query.order_by(*created_order(File, newest_first=newest_first)), limit)
 

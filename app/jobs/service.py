@@ -33,7 +33,7 @@ from app.jobs.models import (
 )
 from app.jobs.schemas import CreateJobRequest
 from app.jobs.states import transition
-from app.pagination import after_row, created_order, fetch_page
+from app.pagination import after_row, created_order, cursor_anchor, fetch_page
 from app.registry.models import Checkpoint, ServedModel
 
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -326,9 +326,7 @@ async def list_jobs(
     """Newest first; `after` is the id of the last job of the previous page."""
     query = sa.select(FineTuningJob)
     if after is not None:
-        anchor = await session.get(FineTuningJob, after)
-        if anchor is None:
-            raise BadRequest(f"after: no job {after!r}", param="after", code="invalid_cursor")
+        anchor = await cursor_anchor(session, FineTuningJob, after, what="job")
         query = query.where(after_row(FineTuningJob, anchor, newest_first=True))
     if metadata_null:
         # None is stored as JSON null (not SQL NULL) by the JSON type: accept both
