@@ -73,7 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from app.training.standalone import run_worker
+    from app.worker.standalone import run_worker
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -90,8 +90,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_emulator(args: argparse.Namespace) -> int:
     # The only place in app/ that imports the emulator (a test double, never part of the service).
-    from app.emulator import EmulatorConfig, EmulatorState
-    from app.emulator.server import base_url_of, bind_socket, serve_forever
+    from app_dev.emulator import EmulatorConfig, EmulatorState
+    from app_dev.emulator.server import base_url_of, bind_socket, serve_forever
 
     try:
         config = EmulatorConfig(
@@ -119,8 +119,8 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from app.demo.output import Reporter
-    from app.demo.runner import Demo, DemoOptions
+    from app_dev.demo.output import Reporter
+    from app_dev.demo.runner import Demo, DemoOptions
 
     options = DemoOptions(
         workdir=Path(args.workdir).resolve(),

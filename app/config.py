@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.babylon.settings import BabylonSettings
-from app.inference.settings import InferenceSettings
+from app.gateway.settings import InferenceSettings
 from app.training.settings import TrainingSettings, WorkerSettings
 
 # Variables that must not stay in the process environment once read (art-serverless.md §7.2).

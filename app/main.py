@@ -13,24 +13,25 @@ from fastapi.routing import APIRoute
 
 from app import migrations
 from app.auth import require_api_key
+from app.babylon.router import router as train_router
 from app.config import NO_API_KEY_MESSAGE, ConfigError, Settings, load_settings
 from app.datasets import lifecycle as datasets_lifecycle
 from app.datasets.router import router as datasets_router
 from app.db import create_engine, create_sessionmaker
 from app.errors import error_responses, install_error_handlers
 from app.files.router import router as files_router
+from app.gateway import lifecycle as gateway_lifecycle
+from app.gateway.router import router as gateway_router
 from app.health.metrics import Metrics
 from app.health.router import router as health_router
-from app.inference import lifecycle as inference_lifecycle
-from app.inference.router import router as inference_router
 from app.jobs.router import router as jobs_router
-from app.jobs.train_router import router as train_router
 from app.keys.service import Authenticator, count_active_keys
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware, StartupErrorMiddleware
+from app.registry.router import router as models_router
 from app.scoring.router import router as scoring_router
-from app.training import lifecycle as worker_lifecycle
 from app.trajectories.router import router as trajectories_router
+from app.worker import lifecycle as worker_lifecycle
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.dispose()
         raise
     try:
-        await inference_lifecycle.startup(app)
+        await gateway_lifecycle.startup(app)
         await datasets_lifecycle.startup(app)
         await worker_lifecycle.startup(app)
         logger.info("service.started database=%s", engine.url.get_backend_name())
@@ -90,7 +91,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         await worker_lifecycle.shutdown(app)
         await datasets_lifecycle.shutdown(app)
-        await inference_lifecycle.shutdown(app)
+        await gateway_lifecycle.shutdown(app)
         await engine.dispose()
         logger.info("service.stopped")
 
@@ -124,9 +125,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(datasets_router, **protected)
     app.include_router(jobs_router, **protected)
     app.include_router(train_router, **protected)
-    # Auth runs in the gateway's own route class (app/inference/route.py), not as a dependency:
+    # Auth runs in the gateway's own route class (app/gateway/route.py), not as a dependency:
     # cheaper on the proxy's hot path, and its 401s carry the overhead header too.
-    app.include_router(inference_router)
+    app.include_router(gateway_router)
+    app.include_router(models_router)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,

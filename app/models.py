@@ -3,7 +3,7 @@
 from app.datasets.models import Dataset, DatasetGroup
 from app.db import Base
 from app.files import models as _files  # noqa: F401
-from app.inference.models import CapturedCompletion
+from app.gateway.models import CapturedCompletion
 from app.jobs import models as _jobs  # noqa: F401
 from app.keys.models import ApiKey
 from app.registry.models import Checkpoint, ModelAlias, ServedModel

@@ -31,7 +31,13 @@ from app.config import Settings, load_settings
 from app.main import create_app
 from app.models import Base
 
-pytest_plugins = ["tests.fixtures.babylon", "tests.fixtures.emulator"]
+pytest_plugins = [
+    "tests.fixtures.babylon",
+    "tests.fixtures.emulator",
+    "tests.fixtures.gateway",
+    "tests.fixtures.pipeline",
+    "tests.fixtures.service",
+]
 
 # Keep ART / LiteLLM / wandb from reaching the internet or reading the W&B key (art-serverless.md §9).
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")

@@ -31,7 +31,7 @@ QUICK_START_TESTS = "bash .ci/run"
 # run for real by test_the_postgres_walkthrough_runs_as_written.
 EXERCISED_ELSEWHERE = {
     QUICK_START_SETUP: ".ci/run installs the same way (test_ci_installs_like_the_quick_start); "
-    "tests/demo/test_demo.py runs the demo",
+    "tests/e2e/test_demo.py runs the demo",
     QUICK_START_TESTS: "CI runs exactly this",
     "cp .env.example .env": "test_compose_walkthrough_commands_name_real_services_and_commands",
     "docker compose up -d --build": "no Docker engine here; tests/foundation/test_containers.py checks the compose file",

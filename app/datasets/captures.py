@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.inference.models import CapturedCompletion
+from app.gateway.models import CapturedCompletion
 from app.trajectories.art_shape import ChoiceError, JsonDict, normalize_choice
 from app.trajectories.context import ConversationBuilder
 

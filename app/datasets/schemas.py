@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from app.babylon.scorers import DEFAULT_SCORER
 from app.datasets.grouping import GroupRules
 from app.db import to_unix
-from app.scoring.babylon import DEFAULT_SCORER
 
 Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 

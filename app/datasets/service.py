@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.babylon.dataset_build import BabylonBuild
 from app.config import Settings
-from app.datasets.babylon_build import BabylonBuild
 from app.datasets.models import Dataset, DatasetGroup, DatasetRejection
 from app.datasets.pushed_build import PushedBuild
 from app.datasets.schemas import DatasetCreate

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from app.babylon import scorers as _babylon_scorers  # noqa: F401  (registers the game's scorers)
 from app.deps import SessionDep
 from app.errors import BadRequest, error_responses
 from app.pagination import ListPage
-from app.scoring import babylon as _babylon  # noqa: F401  (registers the game's scorers)
 from app.scoring.registry import list_scorers
 from app.scoring.schemas import ScoreObject, ScorerObject
 from app.scoring.service import list_scores

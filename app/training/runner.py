@@ -57,10 +57,9 @@ from app.jobs.models import (
     JobStep,
 )
 from app.jobs.states import transition
+from app.registry import policy as ckpt_policy
 from app.registry.models import ServedModel
 from app.registry.service import get_or_create_model, record_checkpoint
-from app.training import checkpoints as ckpt_policy
-from app.training.claims import LeaseLost, assert_owner, release
 from app.training.groups import reward_metrics, trajectory_groups
 from app.training.wandb_api import (
     RemoteCheckpoint,
@@ -70,6 +69,7 @@ from app.training.wandb_api import (
     RemoteRejected,
     WandbTraining,
 )
+from app.worker.claims import LeaseLost, assert_owner, release
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

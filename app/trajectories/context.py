@@ -21,14 +21,14 @@ from typing import Any
 
 import orjson
 
-from app.trajectories.art_shape import JsonDict, as_message, history_dict
-from app.trajectories.babylon_steps import (
+from app.babylon.steps import (
     action_of,
     action_type,
     environment_of,
     llm_calls_of,
     parameters_of,
 )
+from app.trajectories.art_shape import JsonDict, as_message, history_dict
 
 SYSTEM_PROMPT = "You are a trading agent in Babylon prediction markets. Make profitable decisions."
 

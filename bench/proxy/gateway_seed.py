@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from app import migrations
 from app.config import load_settings, normalise_database_url
 from app.db import create_engine, create_sessionmaker
-from app.inference.models import CapturedCompletion, GatewayRequest
+from app.gateway.models import CapturedCompletion, GatewayRequest
 from app.registry.service import get_or_create_model, record_checkpoint, set_alias
 
 

@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 from app.jobs.models import FineTuningJob
-from tests.jobs.conftest import StartService
-from tests.jobs.factories import make_dataset
+from tests.fixtures.factories import make_dataset
+from tests.fixtures.service import StartService
 
 BASE = "OpenPipe/Qwen3-14B-Instruct"
 

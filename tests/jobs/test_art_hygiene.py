@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from tests.fixtures.emulator import EmulatorHandle
-from tests.jobs.conftest import StartService, wait_for_job
-from tests.jobs.factories import make_dataset
+from tests.fixtures.factories import make_dataset
+from tests.fixtures.service import StartService, wait_for_job
 
 ROOT = Path(__file__).resolve().parents[2]
 

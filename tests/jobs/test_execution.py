@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from app.jobs.models import JobStep
 from app.registry.models import Checkpoint, ModelAlias, ServedModel
 from tests.fixtures.emulator import EmulatorHandle
-from tests.jobs.conftest import StartService, wait_for_job, wait_until
-from tests.jobs.factories import make_dataset
+from tests.fixtures.factories import make_dataset
+from tests.fixtures.service import StartService, wait_for_job, wait_until
 
 BASE = "OpenPipe/Qwen3-14B-Instruct"
 

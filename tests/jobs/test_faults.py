@@ -9,8 +9,8 @@ import sqlalchemy as sa
 
 from app.jobs.models import JobStep
 from tests.fixtures.emulator import EmulatorHandle
-from tests.jobs.conftest import StartService, wait_for_job
-from tests.jobs.factories import make_dataset
+from tests.fixtures.factories import make_dataset
+from tests.fixtures.service import StartService, wait_for_job
 
 BASE = "OpenPipe/Qwen3-14B-Instruct"
 TWO_STEPS: Any = {"batch_size": 1}

@@ -15,8 +15,8 @@ import sqlalchemy as sa
 
 from app.jobs.models import WebhookDelivery
 from tests.fixtures.emulator import EmulatorHandle
-from tests.jobs.conftest import StartService, wait_for_job, wait_until
-from tests.jobs.factories import make_dataset
+from tests.fixtures.factories import make_dataset
+from tests.fixtures.service import StartService, wait_for_job, wait_until
 
 BASE = "OpenPipe/Qwen3-14B-Instruct"
 SECRET = "whsec_" + base64.b64encode(b"a-test-signing-key-of-32-bytes!!").decode()

@@ -16,10 +16,10 @@ import sqlalchemy as sa
 
 from app.config import Settings
 from app.jobs.models import FineTuningJob, JobStep
-from app.training.claims import claim_next_job
+from app.worker.claims import claim_next_job
 from tests.fixtures.emulator import EmulatorHandle
-from tests.jobs.conftest import Service, StartService, wait_for_job, wait_until
-from tests.jobs.factories import make_dataset
+from tests.fixtures.factories import make_dataset
+from tests.fixtures.service import Service, StartService, wait_for_job, wait_until
 
 BASE = "OpenPipe/Qwen3-14B-Instruct"
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ from openai.types.chat.chat_completion import Choice
 
 from app.datasets.models import DatasetGroup
 from app.training.groups import reward_metrics, trajectory_groups
-from tests.jobs.factories import choice, trajectory
+from tests.fixtures.factories import choice, trajectory
 
 
 def test_stored_choices_are_rebuilt_as_choice_objects_and_plain_messages_stay_dicts() -> None:

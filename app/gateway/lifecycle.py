@@ -1,0 +1,121 @@
+"""Start and stop the gateway: upstream connection pool, model resolver, background writers,
+and the request-log retention sweep. Called from the app's lifespan (app/main.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import sqlalchemy as sa
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.gateway.metrics import GatewayMetrics
+from app.gateway.models import CapturedCompletion, GatewayRequest
+from app.gateway.proxy import Gateway
+from app.gateway.upstream import UpstreamPool
+from app.gateway.writer import BatchWriter, sweep_request_log
+from app.registry.resolution import ModelResolver
+
+logger = logging.getLogger(__name__)
+
+_FIRST_SWEEP_DELAY_S = 60.0
+
+
+def _metrics(app: FastAPI) -> GatewayMetrics:
+    # One set of collectors per app registry, even if the lifespan runs twice.
+    existing: GatewayMetrics | None = getattr(app.state, "gateway_metrics", None)
+    if existing is None:
+        existing = GatewayMetrics(app.state.metrics.registry)
+        app.state.gateway_metrics = existing
+    return existing
+
+
+async def startup(app: FastAPI) -> None:
+    settings: Settings = app.state.settings
+    cfg = settings.inference
+    metrics = _metrics(app)
+    pool = UpstreamPool(
+        settings.wandb_base_url,
+        max_connections=cfg.max_connections,
+        connect_timeout=cfg.connect_timeout_s,
+        read_timeout=cfg.read_timeout_s,
+        pool_timeout=cfg.pool_timeout_s,
+        keepalive_expiry=cfg.keepalive_expiry_s,
+    )
+    resolver = ModelResolver(
+        app.state.sessionmaker,
+        allowed_base_models=settings.training.allowed_base_models,
+        best_metric=settings.training.best_metric,
+        fallback_default=cfg.fallback_to_base_model,
+        ttl_s=cfg.resolve_cache_ttl_s,
+    )
+    engine = app.state.engine
+
+    def writer(table: sa.Table) -> BatchWriter:
+        return BatchWriter(
+            table,
+            engine,
+            metrics.writer,
+            capacity=cfg.capture_buffer_size,
+            batch_size=cfg.flush_batch_size,
+            interval_s=cfg.flush_interval_s,
+        )
+
+    captures = writer(_table(CapturedCompletion))
+    request_log = writer(_table(GatewayRequest)) if cfg.request_log else None
+    captures.start()
+    if request_log is not None:
+        request_log.start()
+    app.state.gateway = Gateway(settings, pool, resolver, metrics, captures, request_log)
+    app.state.gateway_retention = (
+        asyncio.create_task(_retention_loop(app), name="gateway-retention")
+        if cfg.request_log and cfg.request_log_retention_days > 0
+        else None
+    )
+    if not settings.wandb_configured:
+        logger.warning(
+            "gateway.no_wandb_key upstream=%s: requests go upstream without Authorization",
+            settings.wandb_base_url,
+        )
+
+
+def _table(model: type[CapturedCompletion] | type[GatewayRequest]) -> sa.Table:
+    table = model.__table__
+    assert isinstance(table, sa.Table)
+    return table
+
+
+async def _retention_loop(app: FastAPI) -> None:
+    cfg = app.state.settings.inference
+    await asyncio.sleep(min(_FIRST_SWEEP_DELAY_S, cfg.retention_interval_s))
+    while True:
+        try:
+            deleted = await sweep_request_log(
+                app.state.engine,
+                retention_days=cfg.request_log_retention_days,
+                batch_size=cfg.retention_batch_size,
+            )
+            if deleted:
+                logger.info("gateway.request_log_swept deleted=%d", deleted)
+        except Exception as exc:
+            logger.warning("gateway.request_log_sweep_failed error=%s", type(exc).__name__)
+        await asyncio.sleep(cfg.retention_interval_s)
+
+
+async def shutdown(app: FastAPI) -> None:
+    """Stop the sweep, write every pending capture and log row, close upstream connections."""
+    retention: asyncio.Task[None] | None = getattr(app.state, "gateway_retention", None)
+    if retention is not None:
+        retention.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retention
+    gateway: Gateway | None = getattr(app.state, "gateway", None)
+    if gateway is None:
+        return
+    await gateway.captures.stop()
+    if gateway.request_log is not None:
+        await gateway.request_log.stop()
+    await gateway.pool.aclose()
+    app.state.gateway = None

@@ -1,0 +1,131 @@
+"""`training-control demo` as a user runs it: a real subprocess tree (emulator + service), --json."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_demo(tmp_path: Path, *extra: str) -> tuple[int, dict[str, Any], str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "API_KEYS", "DATABASE_URL")}
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "demo", "--json", "--workdir", str(tmp_path / "demo"), *extra],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    try:
+        summary = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(
+            f"--json printed no JSON document:\nstdout={result.stdout[-2000:]}\nstderr={result.stderr[-2000:]}"
+        )
+    return result.returncode, summary, result.stderr
+
+
+def assert_every_stage_succeeded(summary: dict[str, Any]) -> None:
+    stages = summary["stages"]
+    assert list(stages) == ["start", "game", "dataset", "training", "inference", "next"], stages
+    failed = {name: s for name, s in stages.items() if not s["ok"]}
+    assert not failed, failed
+    assert summary["ok"] is True
+
+
+def no_demo_children_left(workdir: Path) -> list[str]:
+    """Processes still running in the demo's work directory (its emulator and service run there)."""
+    left = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if os.readlink(proc / "cwd") == str(workdir):
+                left.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return left
+
+
+def test_demo_runs_the_whole_loop_on_sqlite_and_the_emulator(tmp_path: Path) -> None:
+    code, summary, stderr = run_demo(tmp_path)
+    assert code == 0, stderr[-3000:]
+    assert_every_stage_succeeded(summary)
+    stages = summary["stages"]
+
+    game = stages["game"]
+    assert game["trajectories"] == 15
+    assert len(game["windows"]) == 3
+    assert game["captured"] >= 15  # every decision went through the gateway with metadata.trajectory_id
+    assert game["pushed"] == 15
+
+    dataset = stages["dataset"]
+    assert dataset["dataset_id"].startswith("ds-")
+    assert dataset["groups"] >= 1
+    assert (
+        dataset["trainable_turns"] == dataset["trajectories"]
+    )  # each pushed turn joined its captured Choice
+
+    training = stages["training"]
+    assert training["status"] == "succeeded"
+    assert training["fine_tuned_model"].startswith("wandb-artifact:///")
+    assert training["steps"] == len(training["checkpoints"]) >= 1
+    assert training["fine_tuned_model"] == training["checkpoints"][-1]["model"]
+
+    answers = stages["inference"]["answers"]
+    latest = training["fine_tuned_model"].rsplit(":", 1)[0] + ":latest"
+    assert set(answers) == {training["fine_tuned_model"], latest}
+    for answer in answers.values():
+        assert answer["answer"]
+        assert answer["served_by"] == training["fine_tuned_model"]  # the alias resolved to the newest step
+
+    assert (tmp_path / "demo" / "training.db").exists()
+    assert not no_demo_children_left(tmp_path / "demo")
+
+
+def test_demo_with_a_babylon_db_writes_the_games_tables_and_reads_them_back(
+    tmp_path: Path, babylon_db_factory: Any
+) -> None:
+    dsn = babylon_db_factory(generate=False)
+    code, summary, stderr = run_demo(tmp_path, "--babylon-db", dsn)
+    assert code == 0, stderr[-3000:]
+    assert_every_stage_succeeded(summary)
+    assert summary["stages"]["game"]["written_to_babylon"] == 15
+    assert summary["stages"]["dataset"]["trainable_turns"] == 15
+
+    async def count_rows() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return int(
+                await conn.fetchval(
+                    'SELECT count(*) FROM trajectories WHERE "trajectoryId" LIKE $1', "demo-%"
+                )
+            )
+        finally:
+            await conn.close()
+
+    assert asyncio.run(count_rows()) == 15
+
+
+def test_demo_exits_non_zero_when_a_stage_fails(tmp_path: Path) -> None:
+    # An unreachable game database makes the game stage fail after the services started.
+    code, summary, _ = run_demo(tmp_path, "--babylon-db", "postgresql://nobody@127.0.0.1:1/none")
+    assert code == 1
+    assert summary["ok"] is False
+    assert summary["stages"]["start"]["ok"] is True
+    assert summary["stages"]["game"]["ok"] is False
+    assert "dataset" not in summary["stages"]
+    assert not no_demo_children_left(tmp_path / "demo")
