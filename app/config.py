@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.babylon.settings import BabylonSettings
 from app.gateway.settings import InferenceSettings
+from app.outbound import OutboundSettings
 from app.training.settings import TrainingSettings, WorkerSettings
 
 # Variables that must not stay in the process environment once read (art-serverless.md §7.2).
@@ -78,6 +79,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     training: TrainingSettings = TrainingSettings()
     inference: InferenceSettings = InferenceSettings()
+    outbound: OutboundSettings = OutboundSettings()
     babylon: BabylonSettings = BabylonSettings()
 
     @field_validator("log_level", mode="before")

@@ -14,8 +14,9 @@ from app.config import Settings
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.models import CapturedCompletion, GatewayRequest
 from app.gateway.proxy import Gateway
-from app.gateway.upstream import UpstreamPool
+from app.gateway.upstream import UpstreamClient
 from app.gateway.writer import BatchWriter, sweep_request_log
+from app.outbound import Outbound
 from app.registry.resolution import ModelResolver
 
 logger = logging.getLogger(__name__)
@@ -36,14 +37,8 @@ async def startup(app: FastAPI) -> None:
     settings: Settings = app.state.settings
     cfg = settings.inference
     metrics = _metrics(app)
-    pool = UpstreamPool(
-        settings.wandb_base_url,
-        max_connections=cfg.max_connections,
-        connect_timeout=cfg.connect_timeout_s,
-        read_timeout=cfg.read_timeout_s,
-        pool_timeout=cfg.pool_timeout_s,
-        keepalive_expiry=cfg.keepalive_expiry_s,
-    )
+    outbound = Outbound.for_url(settings.wandb_base_url, settings.outbound)
+    upstream = open_upstream(settings, outbound)
     resolver = ModelResolver(
         app.state.sessionmaker,
         allowed_base_models=settings.training.allowed_base_models,
@@ -68,17 +63,40 @@ async def startup(app: FastAPI) -> None:
     captures.start()
     if request_log is not None:
         request_log.start()
-    app.state.gateway = Gateway(settings, pool, resolver, metrics, captures, request_log)
+    app.state.gateway = Gateway(settings, upstream, resolver, metrics, captures, request_log)
     app.state.gateway_retention = (
         asyncio.create_task(_retention_loop(app), name="gateway-retention")
         if cfg.request_log and cfg.request_log_retention_days > 0
         else None
     )
+    logger.info("gateway.upstream url=%s route=%s", settings.wandb_base_url, outbound.describe())
+    if outbound.proxy is not None and settings.wandb_configured and settings.wandb_base_url.startswith("http://"):
+        logger.warning(
+            "gateway.key_in_clear upstream=%s: the W&B key travels unencrypted through the proxy; "
+            "use an https:// WANDB_BASE_URL",
+            settings.wandb_base_url,
+        )
     if not settings.wandb_configured:
         logger.warning(
             "gateway.no_wandb_key upstream=%s: requests go upstream without Authorization",
             settings.wandb_base_url,
         )
+
+
+def open_upstream(settings: Settings, outbound: Outbound) -> UpstreamClient:
+    """The gateway's upstream client (bench/proxy swaps this function to measure alternatives)."""
+    cfg = settings.inference
+    return UpstreamClient(
+        settings.wandb_base_url,
+        outbound,
+        max_connections=cfg.max_connections,
+        connect_timeout=cfg.connect_timeout_s,
+        read_timeout=cfg.read_timeout_s,
+        pool_timeout=cfg.pool_timeout_s,
+        keepalive_expiry=cfg.keepalive_expiry_s,
+        max_response_bytes=cfg.max_response_bytes,
+        max_header_bytes=cfg.max_header_bytes,
+    )
 
 
 def _table(model: type[CapturedCompletion] | type[GatewayRequest]) -> sa.Table:
@@ -117,5 +135,5 @@ async def shutdown(app: FastAPI) -> None:
     await gateway.captures.stop()
     if gateway.request_log is not None:
         await gateway.request_log.stop()
-    await gateway.pool.aclose()
+    await gateway.upstream.aclose()
     app.state.gateway = None

@@ -34,7 +34,7 @@ from app.config import Settings
 from app.errors import BadRequest, error_body
 from app.gateway.capture import CaptureTarget, StreamAssembler, capture_row, parse_metadata, strip_logprobs
 from app.gateway.metrics import GatewayMetrics
-from app.gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from app.gateway.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 from app.gateway.upstream_errors import (
     GatewayUpstreamError,
     from_upstream_exception,
@@ -136,7 +136,7 @@ class Gateway:
     def __init__(
         self,
         settings: Settings,
-        pool: UpstreamPool,
+        upstream: UpstreamClient,
         resolver: ModelResolver,
         metrics: GatewayMetrics,
         captures: BatchWriter,
@@ -144,24 +144,25 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self.inference = settings.inference
-        self.pool = pool
+        self.upstream = upstream
         self.resolver = resolver
         self.metrics = metrics
         self.captures = captures
         self.request_log = request_log
         key = settings.wandb_api_key.get_secret_value() if settings.wandb_api_key is not None else None
         self._secret = key or None
-        lines = [
-            f"POST {pool.url('/chat/completions')} HTTP/1.1",
-            f"Host: {pool.host_header}",
-            "Content-Type: application/json",
-            "Accept: application/json, text/event-stream",
-            "Accept-Encoding: identity",
-            "User-Agent: training-control-gateway",
-        ]
+        self._url = upstream.url("/chat/completions")
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "User-Agent": "training-control-gateway",
+        }
         if key:
-            lines.append(f"Authorization: Bearer {key}")
-        self._head_prefix = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+            headers["Authorization"] = f"Bearer {key}"
+        # Compressed answers save bandwidth on long logprobs; streams ask for none, so that no
+        # proxy or server buffers events to compress them.
+        self._headers_plain = {**headers, "Accept-Encoding": "gzip, br"}
+        self._headers_stream = {**headers, "Accept-Encoding": "identity"}
 
     # ------------------------------------------------------------------ request log
     def log_request(self, call: GatewayCall, status: int, now: float) -> None:
@@ -300,14 +301,11 @@ class Gateway:
         self, payload: dict[str, Any], served: str, plan: _Plan, call: GatewayCall
     ) -> UpstreamResponse:
         body = self._upstream_body(payload, served, plan)
-        head = b"%sX-Request-Id: %s\r\nContent-Length: %d\r\n\r\n" % (
-            self._head_prefix,
-            (current_request_id() or "-").encode("latin-1"),
-            len(body),
-        )
+        headers = dict(self._headers_stream if plan.stream else self._headers_plain)
+        headers["X-Request-Id"] = current_request_id() or "-"
         t0 = time.perf_counter()
         try:
-            return await self.pool.request(head, body)
+            return await self.upstream.post(self._url, body, headers)
         except UpstreamError as exc:
             raise self._exception_failure(exc, call) from None
         finally:
@@ -487,27 +485,33 @@ class StreamRelay(Response):
                     "headers": self.raw_headers + call.response_headers(now),
                 }
             )
-            transform = self._transform if self.assembler is not None else None
-            want_tail = self.plan.want_usage and transform is None
+            transform = self._transform if self.assembler is not None else self._whole_events
+            want_tail = self.plan.want_usage and self.assembler is None
+            last_out = b""
             while True:
                 t0 = time.perf_counter()
                 try:
                     data = await upstream.next_data()
                 except UpstreamError as exc:
                     call.upstream_s += time.perf_counter() - t0
-                    await self._send_stream_error(send, exc)
+                    if b"[DONE]" in last_out[-32:]:
+                        # the answer was complete; only the transport's end was broken
+                        logger.warning("gateway.stream_end_broken model=%s error=%s", call.model_served, exc)
+                    else:
+                        await self._send_stream_error(send, exc)
                     break
                 call.upstream_s += time.perf_counter() - t0
                 if data is None:
-                    if transform is not None and self._pending:
-                        rest = self._transform(b"\n\n")
+                    if self._pending:
+                        rest = self._transform(b"\n\n") if self.assembler is not None else self._pending
                         if rest:
                             await send({"type": "http.response.body", "body": rest, "more_body": True})
                     break
                 if want_tail:
                     self._tail = (self._tail + data)[-8192:]
-                out = transform(data) if transform is not None else data
+                out = transform(data)
                 if out:
+                    last_out = out
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             call.finished = True
             gateway._stop_watcher(call)
@@ -539,6 +543,20 @@ class StreamRelay(Response):
             b"data: " + orjson.dumps(error_body(failure.message, failure.type, code=failure.code)) + b"\n\n"
         )
         await send({"type": "http.response.body", "body": event, "more_body": True})
+
+    def _whole_events(self, data: bytes) -> bytes:
+        """Uncaptured streams: relay the bytes as they come, but only up to the last complete
+        SSE event, so that an error event never lands inside a half-relayed one."""
+        if not self._pending and data.endswith(b"\n\n"):
+            return data  # the common case: whole events
+        buffer = self._pending + data
+        cut = 0
+        for end in (b"\n\n", b"\r\n\r\n", b"\r\r"):
+            at = buffer.rfind(end)
+            if at >= 0:
+                cut = max(cut, at + len(end))
+        self._pending = buffer[cut:]
+        return buffer[:cut]
 
     def _transform(self, data: bytes) -> bytes:
         """Captured streams: feed each complete SSE event to the assembler, strip what the

@@ -13,6 +13,15 @@ class InferenceSettings(BaseModel):
     keepalive_expiry_s: float = Field(
         4.0, gt=0, description="idle upstream connections are closed after this (below common server limits)"
     )
+    max_response_bytes: int = Field(
+        32 * 1024 * 1024,
+        gt=0,
+        description="largest upstream answer accepted (decoded; a stream counts all its bytes): above it "
+        "the caller gets 502 upstream_response_too_large",
+    )
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="longest upstream header line accepted (502 above it)"
+    )
     resolve_cache_ttl_s: float = Field(
         1.0,
         ge=0,

@@ -50,7 +50,7 @@ async def test_client_disconnect_mid_stream_closes_the_upstream_stream(
         assert recording_upstream.streams_aborted == 1
         assert recording_upstream.streams_completed == 0
         gateway = app.state.gateway
-        assert gateway.pool.size == 0  # the upstream connection was aborted, not pooled
+        assert gateway.upstream.busy == 0  # the request released its slot; its connection was aborted
         assert gateway.metrics.client_disconnects._value.get() == 1
     [row] = await _logged(clean_db)  # shutdown flushed the request log
     assert (row.status_code, row.error_code, row.stream) == (499, "client_disconnected", True)
@@ -73,7 +73,7 @@ async def test_client_disconnect_while_waiting_for_a_non_streamed_answer_cancels
                 break
             await asyncio.sleep(0.02)
         assert gateway.metrics.client_disconnects._value.get() == 1
-        assert gateway.pool.size == 0
+        assert gateway.upstream.busy == 0
         # the gateway still serves
         emulator.clear_faults()
         async with httpx.AsyncClient(base_url=url, headers=HEADERS) as client:
