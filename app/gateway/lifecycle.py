@@ -70,7 +70,11 @@ async def startup(app: FastAPI) -> None:
         else None
     )
     logger.info("gateway.upstream url=%s route=%s", settings.wandb_base_url, outbound.describe())
-    if outbound.proxy is not None and settings.wandb_configured and settings.wandb_base_url.startswith("http://"):
+    if (
+        outbound.proxy is not None
+        and settings.wandb_configured
+        and settings.wandb_base_url.startswith("http://")
+    ):
         logger.warning(
             "gateway.key_in_clear upstream=%s: the W&B key travels unencrypted through the proxy; "
             "use an https:// WANDB_BASE_URL",

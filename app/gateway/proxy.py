@@ -44,7 +44,7 @@ from app.gateway.upstream_errors import (
 )
 from app.gateway.writer import BatchWriter
 from app.logs import current_request_id
-from app.registry.resolution import ModelResolver, Resolution, model_not_found
+from app.registry.resolution import ModelResolver, Resolution, base_model_upstream_name, model_not_found
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class Gateway:
                 raise model_not_found(
                     model, f"checkpoint {resolution.checkpoint_id} (step {resolution.step}) was deleted"
                 )
-            served = resolution.base_model
+            served = base_model_upstream_name(resolution.base_model)
             call.fallback = True
         call.model_served = served
 
@@ -220,9 +220,10 @@ class Gateway:
             if upstream.status == 404 and self._may_fall_back(resolution, call):
                 await upstream.aclose()
                 assert resolution.base_model is not None
-                call.model_served = resolution.base_model
+                # the same name as for the base model asked for directly (resolution.py)
+                call.model_served = base_model_upstream_name(resolution.base_model)
                 call.fallback = True
-                upstream = await self._send(payload, resolution.base_model, plan, call)
+                upstream = await self._send(payload, call.model_served, plan, call)
             if call.fallback:
                 self.metrics.fallbacks.inc()
                 logger.info(

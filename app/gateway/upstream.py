@@ -35,6 +35,7 @@ import asyncio
 import ssl
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.client_exceptions import (
@@ -305,10 +306,10 @@ class UpstreamClient:
         max_response_bytes: int = 32 * 1024 * 1024,
         max_header_bytes: int = 16 * 1024,
     ) -> None:
-        parts = aiohttp.client.URL(base_url)
-        if parts.scheme not in ("http", "https") or not parts.host:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"unsupported upstream URL {base_url!r}")
-        self.host = parts.host
+        self.host = parts.hostname
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout

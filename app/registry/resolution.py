@@ -9,7 +9,7 @@ Accepted names (the first that matches wins):
 | `ftjob-…` | that job's newest checkpoint that is not deleted |
 | `wandb-artifact:///<e>/<p>/<name>:step<N>` (a job's `fine_tuned_model`) | that checkpoint |
 | `wandb-artifact:///<e>/<p>/<name>:<alias>`, `<name>:<alias>` | the checkpoint the alias points at |
-| `wandb-artifact:///<e>/<p>/<name>`, `<name>` | the model's `latest` |
+| `wandb-artifact:///<e>/<p>/<name>`, `<name>` | the model's `latest` (before its first checkpoint: the bare URI, as ART sends it) |
 | `<name>:step<N>` | step N of that model |
 
 `latest` and `best` work without an alias row: `latest` is the highest step not deleted, `best`
@@ -38,6 +38,27 @@ from app.registry.models import Checkpoint, ModelAlias, ServedModel
 ARTIFACT_PREFIX = "wandb-artifact:///"
 MAX_NAME_LENGTH = 500
 _STEP_TAG = re.compile(r"^step(\d{1,9})$")
+
+
+# What goes upstream, as openpipe-art 0.5.18 itself names it (sources in .venv/lib/python3.11/
+# site-packages/art/; the gateway must send what ART would, since W&B serves what ART sends):
+# - a base model: its name as is. ART sends `inference_model_name or name` for a model no
+#   backend names (art/model.py:416-421, Model.get_inference_name); ServerlessBackend never
+#   renames one (it registers trainable models only, art/serverless/backend.py:92-110).
+# - a model line before its first checkpoint: the bare artifact URI. TrainableModel.register sets
+#   inference_model_name from ServerlessBackend._model_inference_name(model) with no step
+#   (art/model.py:1164-1168), which is `wandb-artifact:///{entity}/{project}/{name}`
+#   (art/serverless/backend.py:149-153); W&B serves the base weights under it until a
+#   checkpoint exists.
+# - a checkpoint: the same URI with `:step{N}` (backend.py:151-152), stored as artifact_name.
+def base_model_upstream_name(base_model: str) -> str:
+    """The upstream name of a base model, served directly or as a fallback (one rule)."""
+    return base_model
+
+
+def model_line_upstream_name(model: ServedModel) -> str:
+    """The upstream name of a model line that has no checkpoint yet."""
+    return f"{ARTIFACT_PREFIX}{model.entity}/{model.project}/{model.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +105,7 @@ async def resolve_model(
     if not name or len(name) > MAX_NAME_LENGTH:
         raise model_not_found(name[:80])
     if name in rules.allowed_base_models:
-        return Resolution(requested=name, upstream_model=name)
+        return Resolution(requested=name, upstream_model=base_model_upstream_name(name))
     if name.startswith("ftckpt-"):
         ckpt = await session.get(Checkpoint, name)
         if ckpt is None:
@@ -174,6 +195,14 @@ async def _from_tag(
     )
     if ckpt is None and alias in ("latest", "best"):
         ckpt = await _computed_alias(session, model, alias, rules.best_metric)
+        if ckpt is None and not await _has_checkpoints(session, model):
+            return Resolution(
+                requested=name,
+                upstream_model=model_line_upstream_name(model),
+                base_model=model.base_model,
+                model_id=model.id,
+                fallback=bool(model.fallback_to_base) or rules.fallback_default,
+            )
     if ckpt is None:
         detail = (
             f"model {model.name!r} has no checkpoint yet"
@@ -182,6 +211,11 @@ async def _from_tag(
         )
         raise model_not_found(name, detail)
     return _resolution(name, model, ckpt, rules)
+
+
+async def _has_checkpoints(session: AsyncSession, model: ServedModel) -> bool:
+    found = await session.scalar(sa.select(Checkpoint.id).where(Checkpoint.model_id == model.id).limit(1))
+    return found is not None
 
 
 async def _computed_alias(
@@ -256,7 +290,7 @@ class ModelResolver:
 
     async def resolve(self, name: str) -> Resolution:
         if name in self._base_models:
-            return Resolution(requested=name, upstream_model=name)
+            return Resolution(requested=name, upstream_model=base_model_upstream_name(name))
         now = time.monotonic()
         cached = self._cache.get(name)
         if cached is not None and cached[0] > now:

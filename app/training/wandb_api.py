@@ -11,7 +11,9 @@ never enters `os.environ`; ART's W&B SDK hook (`_get_wandb_run`) is disabled, so
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import types
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,6 +23,7 @@ import openai
 
 from app.config import Settings
 from app.jobs.hyperparameters import Hyperparameters
+from app.outbound import Outbound, OutboundSettings
 from app.training.art_env import import_art
 
 logger = logging.getLogger(__name__)
@@ -96,15 +99,47 @@ def classify(exc: BaseException) -> RemoteError:
     return RemoteUnavailable(_describe(exc))
 
 
+def _http_client(route: Outbound) -> Any:
+    """What the openai SDK under ART would build by default (its `DEFAULT_CONNECTION_LIMITS`,
+    redirects followed), with `route`'s proxy and trust and no reading of the environment."""
+    from openai import DEFAULT_CONNECTION_LIMITS, DEFAULT_TIMEOUT
+
+    http: types.ModuleType
+    try:  # openai >= 3 runs on httpx2 (pydantic's fork); earlier versions on httpx
+        http = importlib.import_module("httpx2")
+    except ImportError:  # pragma: no cover - depends on the installed openai
+        http = httpx
+    return http.AsyncClient(
+        timeout=DEFAULT_TIMEOUT,
+        limits=DEFAULT_CONNECTION_LIMITS,
+        follow_redirects=True,
+        verify=route.ssl,
+        trust_env=False,
+        proxy=route.proxy.url_with_credentials if route.proxy is not None else None,
+    )
+
+
 class WandbTraining:
     """One ServerlessBackend (one HTTP connection pool) shared by a worker's jobs."""
 
-    def __init__(self, *, api_key: str, base_url: str, timeout_s: float, get_retries: int = 3) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str,
+        timeout_s: float,
+        get_retries: int = 3,
+        outbound: Outbound | None = None,
+    ) -> None:
         import_art()
         from art.serverless.backend import ServerlessBackend
 
         self._backend = ServerlessBackend(api_key=api_key, base_url=base_url)
         self._client = self._backend._client
+        # The proxy and the trusted CAs are the gateway's (app/outbound.py), decided here rather
+        # than by httpx reading the environment with rules of its own: both reach W&B alike.
+        route = outbound if outbound is not None else Outbound.for_url(base_url, OutboundSettings())
+        self._client._client = _http_client(route)
         # ART's client waits 600 s per request; ours is bounded per attempt (GETs retry 3×).
         self._client.timeout = httpx.Timeout(timeout_s, connect=min(5.0, timeout_s))
         self._client.max_retries = get_retries  # ART's client sets 0 for POSTs itself
@@ -121,6 +156,7 @@ class WandbTraining:
             base_url=settings.wandb_base_url,
             timeout_s=settings.worker.remote_timeout_s,
             get_retries=settings.worker.remote_get_retries,
+            outbound=Outbound.for_url(settings.wandb_base_url, settings.outbound),
         )
 
     async def close(self) -> None:

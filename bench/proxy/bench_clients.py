@@ -51,8 +51,13 @@ GATEWAY_MODEL = "bench-agent:production"
 DB = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/tc_bench_gateway")
 VARIANT_PORTS = {"aiohttp": 14201, "httpx_aiohttp": 14202, "httpx": 14203, "legacy": 14204}
 ALL_TARGETS = ["passthrough", "aiohttp", "httpx_aiohttp", "httpx", "legacy", "litellm"]
-SCENARIOS = {"ns_c1": ("wrk", 1), "ns_c32": ("wrk", 32), "ns_c128": ("wrk", 128), "st_c1": ("stream", 1),
-             "st_c32": ("stream", 32)}
+SCENARIOS = {
+    "ns_c1": ("wrk", 1),
+    "ns_c32": ("wrk", 32),
+    "ns_c128": ("wrk", 128),
+    "st_c1": ("stream", 1),
+    "st_c32": ("stream", 32),
+}
 
 
 def loadavg() -> list[str]:
@@ -79,7 +84,7 @@ class Fleet:
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = open(self.results / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
+        log = open(self.results / f"{name}.log", "wb")
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.procs.append(proc)
         return proc
@@ -103,57 +108,131 @@ def main() -> None:
     targets = os.environ.get("TARGETS", " ".join(ALL_TARGETS)).split()
     scenarios = os.environ.get("SCENARIOS", ",".join(SCENARIOS)).split(",")
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    results = Path(os.environ.get("RESULTS", f"{os.environ.get('TMPDIR', '/tmp')}/bench_proxy/results/clients-{stamp}"))
+    results = Path(
+        os.environ.get("RESULTS", f"{os.environ.get('TMPDIR', '/tmp')}/bench_proxy/results/clients-{stamp}")
+    )
     results.mkdir(parents=True, exist_ok=True)
     raw = results / "raw.jsonl"
 
     # the bench database: created if missing, seeded (migrations, model line, alias, empty log)
     name = DB.rsplit("/", 1)[1]
     admin = DB.rsplit("/", 1)[0] + "/postgres"
-    exists = subprocess.run(["psql", admin, "-tAc", f"SELECT 1 FROM pg_database WHERE datname='{name}'"],
-                            capture_output=True, text=True, check=True).stdout.strip()
+    exists = subprocess.run(
+        ["psql", admin, "-tAc", f"SELECT 1 FROM pg_database WHERE datname='{name}'"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     if exists != "1":
         subprocess.run(["psql", admin, "-qc", f'CREATE DATABASE "{name}"'], check=True)
-    subprocess.run([str(APP_PY), str(HERE / "gateway_seed.py")], env={**os.environ, "DATABASE_URL": DB}, check=True)
+    subprocess.run(
+        [str(APP_PY), str(HERE / "gateway_seed.py")], env={**os.environ, "DATABASE_URL": DB}, check=True
+    )
 
     fleet = Fleet(results)
     base_env = {k: v for k, v in os.environ.items() if not k.endswith("_PROXY") and not k.endswith("_proxy")}
     endpoints: dict[str, tuple[str, str, str, subprocess.Popen[bytes] | None]] = {}
     try:
-        up = fleet.start("upstream", [str(BENCH_PY), str(HARNESS / "upstream.py"), "--port", "18000",
-                                      "--chunks", "20"], base_env)
+        up = fleet.start(
+            "upstream",
+            [str(BENCH_PY), str(HARNESS / "upstream.py"), "--port", "18000", "--chunks", "20"],
+            base_env,
+        )
         wait_http(UPSTREAM + "/health", up)
         endpoints["direct"] = (UPSTREAM + CHAT, "", "bench-model", None)
         if "passthrough" in targets:
-            p = fleet.start("passthrough", [str(APP_PY), str(HARNESS / "passthrough.py"), "--port", "14100",
-                                            "--upstream", UPSTREAM + "/v1", "--key", "sk-bench-master"], base_env)
+            p = fleet.start(
+                "passthrough",
+                [
+                    str(APP_PY),
+                    str(HARNESS / "passthrough.py"),
+                    "--port",
+                    "14100",
+                    "--upstream",
+                    UPSTREAM + "/v1",
+                    "--key",
+                    "sk-bench-master",
+                ],
+                base_env,
+            )
             wait_http("http://127.0.0.1:14100/health", p)
             endpoints["passthrough"] = ("http://127.0.0.1:14100" + CHAT, "sk-bench-master", "bench-model", p)
-        gw_env = {**base_env, "DATABASE_URL": DB, "API_KEYS": KEY, "WANDB_BASE_URL": UPSTREAM + "/v1",
-                  "WANDB_API_KEY": "sk-bench-upstream", "ENVIRONMENT": "production", "RUN_WORKER": "false",
-                  "MIGRATE_ON_START": "false", "LOG_LEVEL": "WARNING"}
+        gw_env = {
+            **base_env,
+            "DATABASE_URL": DB,
+            "API_KEYS": KEY,
+            "WANDB_BASE_URL": UPSTREAM + "/v1",
+            "WANDB_API_KEY": "sk-bench-upstream",
+            "ENVIRONMENT": "production",
+            "RUN_WORKER": "false",
+            "MIGRATE_ON_START": "false",
+            "LOG_LEVEL": "WARNING",
+        }
         for variant, port in VARIANT_PORTS.items():
             if variant not in targets:
                 continue
-            g = fleet.start(variant, [str(APP_PY), str(HERE / "serve_variant.py"), "--client", variant, "--",
-                                      "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], gw_env)
+            g = fleet.start(
+                variant,
+                [
+                    str(APP_PY),
+                    str(HERE / "serve_variant.py"),
+                    "--client",
+                    variant,
+                    "--",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "1",
+                ],
+                gw_env,
+            )
             wait_http(f"http://127.0.0.1:{port}/healthz", g)
             endpoints[variant] = (f"http://127.0.0.1:{port}{CHAT}", KEY, GATEWAY_MODEL, g)
         if "litellm" in targets:
-            ll_env = {**base_env, "LITELLM_LOG": "ERROR", "LITELLM_MODE": "PRODUCTION",
-                      "LITELLM_LOCAL_MODEL_COST_MAP": "True", "DISABLE_ADMIN_UI": "True"}
+            ll_env = {
+                **base_env,
+                "LITELLM_LOG": "ERROR",
+                "LITELLM_MODE": "PRODUCTION",
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "DISABLE_ADMIN_UI": "True",
+            }
             ll_env.pop("DATABASE_URL", None)
-            ll = fleet.start("litellm", [str(BENCH_PY.parent / "litellm"), "--config",
-                                         str(HARNESS / "litellm_config.yaml"), "--host", "127.0.0.1",
-                                         "--port", "14000", "--num_workers", "1"], ll_env)
+            ll = fleet.start(
+                "litellm",
+                [
+                    str(BENCH_PY.parent / "litellm"),
+                    "--config",
+                    str(HARNESS / "litellm_config.yaml"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "14000",
+                    "--num_workers",
+                    "1",
+                ],
+                ll_env,
+            )
             wait_http("http://127.0.0.1:14000/health/liveliness", ll)
             time.sleep(3)
             endpoints["litellm"] = ("http://127.0.0.1:14000" + CHAT, "sk-bench-master", "bench-model", ll)
 
         with raw.open("a") as f:
-            f.write(json.dumps({"meta": True, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "reps": reps,
-                                "dur": dur, "targets": list(endpoints), "loadavg_start": loadavg()}) + "\n")
-        for name, (url, key, model, _) in endpoints.items():  # warm-up: pools, caches, lazy imports
+            f.write(
+                json.dumps(
+                    {
+                        "meta": True,
+                        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "reps": reps,
+                        "dur": dur,
+                        "targets": list(endpoints),
+                        "loadavg_start": loadavg(),
+                    }
+                )
+                + "\n"
+            )
+        for url, key, model, _ in endpoints.values():  # warm-up: pools, caches, lazy imports
             run_wrk(url, 4, 3, key, model)
             run_loadgen(url, 4, 2, 2000, key, model, stream=True)
         time.sleep(settle)
@@ -175,22 +254,34 @@ def main() -> None:
                     else:
                         r = run_loadgen(url, conc, dur, 50000, key, model, stream=True)
                     c1 = cpu_seconds(pids)
-                    r.update({"rep": rep, "scenario": scenario, "target": target, "concurrency": conc,
-                              "t_start": t0, "loadavg": load})
+                    r.update(
+                        {
+                            "rep": rep,
+                            "scenario": scenario,
+                            "target": target,
+                            "concurrency": conc,
+                            "t_start": t0,
+                            "loadavg": load,
+                        }
+                    )
                     if c0 is not None and c1 is not None and r["requests"]:
                         r["proxy_cpu_ms_per_req"] = 1000.0 * (c1 - c0) / r["requests"]
                     with raw.open("a") as f:
                         f.write(json.dumps(r) + "\n")
                     lat = r.get("lat_ms") or r.get("total_ms")
                     cpu = r.get("proxy_cpu_ms_per_req")
-                    print(f"[rep {rep}] {scenario:8s} {target:14s} n={r['requests']:7d} err={r['errors']} "
-                          f"rps={r['rps']:9.1f} p50={lat['p50']:.3f}ms cpu={'-' if cpu is None else f'{cpu:.3f}'}ms "
-                          f"load={' '.join(load)}", flush=True)
+                    print(
+                        f"[rep {rep}] {scenario:8s} {target:14s} n={r['requests']:7d} err={r['errors']} "
+                        f"rps={r['rps']:9.1f} p50={lat['p50']:.3f}ms cpu={'-' if cpu is None else f'{cpu:.3f}'}ms "
+                        f"load={' '.join(load)}",
+                        flush=True,
+                    )
                     time.sleep(settle)
     finally:
         fleet.stop()
-    table = subprocess.run([sys.executable, str(HERE / "compare_clients.py"), str(raw)], capture_output=True,
-                           text=True).stdout
+    table = subprocess.run(
+        [sys.executable, str(HERE / "compare_clients.py"), str(raw)], capture_output=True, text=True
+    ).stdout
     (results / "table.md").write_text(table)
     print(table)
     print(f"results: {results}")

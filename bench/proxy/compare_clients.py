@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The tables of one bench_clients.py run: every target per scenario, ratios to LiteLLM, the bar.
 
-    python bench/proxy/compare_clients.py RESULTS/raw.jsonl [--chosen aiohttp]
+python bench/proxy/compare_clients.py RESULTS/raw.jsonl [--chosen aiohttp]
 """
 
 from __future__ import annotations
@@ -60,8 +60,10 @@ def main() -> None:
         return out
 
     loads = [float(r["loadavg"][0]) for r in runs if r.get("loadavg")]
-    print(f"Run started {meta.get('started')}, reps {len(reps)}, {meta.get('dur')} s per run; "
-          f"1-min load average during the run {min(loads):.2f}–{max(loads):.2f}.\n")
+    print(
+        f"Run started {meta.get('started')}, reps {len(reps)}, {meta.get('dur')} s per run; "
+        f"1-min load average during the run {min(loads):.2f}–{max(loads):.2f}.\n"
+    )
     print("| scenario | target | CPU ms/req | req/s | p50 ms | Δp50 vs direct ms | errors |")
     print("|---|---|---:|---:|---:|---:|---:|")
     scenarios = [s for s in TITLES if any(r["scenario"] == s for r in runs)]
@@ -70,8 +72,10 @@ def main() -> None:
             if not series(s, t, "rps"):
                 continue
             errors = sum(get[(rep, s, t)]["errors"] for rep in reps if (rep, s, t) in get)
-            print(f"| {TITLES[s]} | {t} | {fmt(series(s, t, 'cpu'), 3)} | {fmt(series(s, t, 'rps'), 0)} | "
-                  f"{fmt(series(s, t, 'p50'))} | {fmt(series(s, t, 'delta'), 3)} | {errors} |")
+            print(
+                f"| {TITLES[s]} | {t} | {fmt(series(s, t, 'cpu'), 3)} | {fmt(series(s, t, 'rps'), 0)} | "
+                f"{fmt(series(s, t, 'p50'))} | {fmt(series(s, t, 'delta'), 3)} | {errors} |"
+            )
 
     def med(values: list[float]) -> float:
         return statistics.median(values) if values else float("nan")
@@ -83,10 +87,16 @@ def main() -> None:
         print("|---|" + "---:|" * len(others))
         for s in scenarios:
             ll = med(series(s, "litellm", "cpu"))
-            print(f"| {TITLES[s]} | " + " | ".join(f"{ll / med(series(s, t, 'cpu')):.1f}x" for t in others) + " |")
+            print(
+                f"| {TITLES[s]} | "
+                + " | ".join(f"{ll / med(series(s, t, 'cpu')):.1f}x" for t in others)
+                + " |"
+            )
 
     print("\nThe bar (every rep):\n")
-    print("| target | ns CPU ≤ 0.8 ms | ns ≥ 12x < LiteLLM | stream CPU ≤ 1.0 ms | stream ≥ 20x < LiteLLM | Δp50 c=1 < 1 ms |")
+    print(
+        "| target | ns CPU ≤ 0.8 ms | ns ≥ 12x < LiteLLM | stream CPU ≤ 1.0 ms | stream ≥ 20x < LiteLLM | Δp50 c=1 < 1 ms |"
+    )
     print("|---|---|---|---|---|---|")
     for t in targets:
         if t == "litellm":

@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: `bench.proxy`
 
-from app import cli  # noqa: E402
-from app.gateway import lifecycle  # noqa: E402
-from bench.proxy.variants import VARIANTS, factory  # noqa: E402
+from app import cli
+from app.gateway import lifecycle
+from bench.proxy.variants import VARIANTS, factory
 
 
 def main() -> None:

@@ -49,7 +49,9 @@ class _HttpxResponse:
         self._response = response
         self.status = response.status_code
         self.headers = [
-            (name.lower(), value) for name, value in response.headers.raw if name.lower() != b"content-encoding"
+            (name.lower(), value)
+            for name, value in response.headers.raw
+            if name.lower() != b"content-encoding"
         ]
         self._chunks: AsyncIterator[bytes] | None = None
 
@@ -95,9 +97,7 @@ class HttpxUpstream:
             transport = AiohttpTransport(verify=outbound.ssl, limits=limits, trust_env=False)
         self._client = httpx.AsyncClient(
             limits=limits,
-            timeout=httpx.Timeout(
-                cfg.read_timeout_s, connect=cfg.connect_timeout_s, pool=cfg.pool_timeout_s
-            ),
+            timeout=httpx.Timeout(cfg.read_timeout_s, connect=cfg.connect_timeout_s, pool=cfg.pool_timeout_s),
             verify=outbound.ssl,
             trust_env=False,
             transport=transport,

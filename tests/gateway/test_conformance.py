@@ -223,7 +223,9 @@ async def test_an_upstream_rejecting_before_reading_the_body_is_relayed_or_repor
         else:  # the upstream reset the connection before its answer could be read
             assert (response.status_code, error["code"]) == (502, "upstream_disconnected")
         # the gateway still serves
-        ok = await client.post("/v1/chat/completions", json={"model": MODEL, "messages": _messages("plain", "ok")})
+        ok = await client.post(
+            "/v1/chat/completions", json={"model": MODEL, "messages": _messages("plain", "ok")}
+        )
         assert ok.status_code == 200
 
 
