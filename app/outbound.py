@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 PROXY_SCHEMES = ("http", "https")
 
@@ -58,6 +58,17 @@ class OutboundSettings(BaseModel):
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise ValueError(f"cannot load CA certificates from {value!r}: {_reason(exc)}") from None
         return value
+
+    @model_validator(mode="after")
+    def _proxies_usable(self) -> OutboundSettings:
+        # A proxy variable no client can use is refused at start, in one line, rather than
+        # on the first request.
+        for value, name in _proxy_env(os.environ).values():
+            try:
+                _parse_proxy(value, name)
+            except ProxyConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
 
 def _reason(exc: BaseException) -> str:

@@ -8,11 +8,17 @@
 | other 4xx | same status, `invalid_request_error`, the upstream's message |
 | 401 / 403 | 502 `upstream_auth_failed`: the gateway's W&B key was rejected (the caller's key is fine) |
 | 5xx | 502 `upstream_error` |
-| connection refused / reset | 502 `upstream_unreachable` |
-| closed mid-response | 502 `upstream_disconnected` |
-| not HTTP / not JSON | 502 `upstream_invalid_response` |
+| connection refused, name not resolved | 502 `upstream_unreachable` |
+| closed before a complete answer (mid-body, or while the request was sent) | 502 `upstream_disconnected` |
+| not HTTP, headers too long, undecodable content-encoding, not JSON | 502 `upstream_invalid_response` |
+| answer above `INFERENCE__MAX_RESPONSE_BYTES` | 502 `upstream_response_too_large` |
+| TLS: untrusted certificate, wrong host name, handshake failure (the reason is named) | 502 `upstream_tls_error` |
+| the egress proxy refused the tunnel (e.g. 407) or cannot be reached | 502 `upstream_proxy_error` |
 | connect or read timeout | 504 `upstream_timeout` |
 | every upstream connection busy | 503 `upstream_busy` |
+
+The codes of failures without an HTTP answer come from the client's exceptions
+(app/gateway/upstream.py, `UpstreamError.code`).
 
 Upstream messages are relayed (truncated) with the W&B key scrubbed out, should an upstream
 ever echo it.
