@@ -7,7 +7,7 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-HARNESS="${HARNESS:-$(cd "$ROOT/../shared/bench/proxy" && pwd)}"
+HARNESS="${HARNESS:-/work/shared/bench/proxy}"
 BENCH_PY="${VENV:-$HERE/.venv}/bin/python"
 DB="${BENCH_DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/tc_bench}"
 GATEWAY_PORT="${GATEWAY_PORT:-14200}"
