@@ -214,13 +214,6 @@ class UpstreamResponse:
             headers.append((name, value))
         self.headers = headers
 
-    def header(self, name: bytes) -> bytes | None:
-        """The first value of a header (`name` in lower case)."""
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
-
     async def read(self) -> bytes:
         """The whole (decoded) body, at most `max_response_bytes`."""
         limit = self._client.max_response_bytes
@@ -283,10 +276,11 @@ class UpstreamResponse:
         self._client._slot_free()
 
     def aclose_now(self) -> None:
-        """Abort unless the body was read to its end (then the connection is reused)."""
+        """Close the connection: the answer failed or will not be read."""
         self._settle(reuse=False)
 
     async def aclose(self) -> None:
+        """Return the connection to the pool if the body was read to its end, else close it."""
         self._settle(reuse=self._resp.content.is_eof())
 
 

@@ -16,15 +16,19 @@ WANDB = "https://api.training.wandb.ai/v1"
 def test_https_targets_use_https_proxy_and_http_targets_http_proxy() -> None:
     env = {"HTTPS_PROXY": "http://secure:3128", "HTTP_PROXY": "http://plain:8080"}
     secure, plain = proxy_for(WANDB, env), proxy_for("http://emulator:8000/v1", env)
-    assert secure is not None and secure.url == "http://secure:3128"
-    assert plain is not None and plain.url == "http://plain:8080"
+    assert secure is not None
+    assert secure.url == "http://secure:3128"
+    assert plain is not None
+    assert plain.url == "http://plain:8080"
 
 
 def test_all_proxy_is_the_fallback_and_lower_case_wins() -> None:
     proxy = proxy_for(WANDB, {"ALL_PROXY": "http://all:1"})
-    assert proxy is not None and proxy.url == "http://all:1"
+    assert proxy is not None
+    assert proxy.url == "http://all:1"
     proxy = proxy_for(WANDB, {"HTTPS_PROXY": "http://upper:1", "https_proxy": "http://lower:2"})
-    assert proxy is not None and (proxy.url, proxy.source) == ("http://lower:2", "https_proxy")
+    assert proxy is not None
+    assert (proxy.url, proxy.source) == ("http://lower:2", "https_proxy")
 
 
 def test_no_proxy_variable_means_a_direct_connection() -> None:
@@ -45,7 +49,9 @@ def test_a_bare_host_port_is_an_http_proxy_and_credentials_are_kept_apart() -> N
     assert "p:ss" not in repr(proxy)
 
 
-@pytest.mark.parametrize("value", ["socks5://proxy:1080", "ftp://proxy:21", "http://:3128", "http://proxy:port"])
+@pytest.mark.parametrize(
+    "value", ["socks5://proxy:1080", "ftp://proxy:21", "http://:3128", "http://proxy:port"]
+)
 def test_an_unusable_proxy_url_is_refused_naming_the_variable(value: str) -> None:
     with pytest.raises(ProxyConfigError) as caught:
         proxy_for(WANDB, {"HTTPS_PROXY": value})
@@ -89,7 +95,8 @@ def test_the_ca_bundle_replaces_the_default_trust(tmp_path: Path) -> None:
     ca.cert_pem.write_to_path(str(pem))
     context = ssl_context(OutboundSettings(ca_bundle=str(pem)), environ={"SSL_CERT_FILE": "/nonexistent"})
     assert len(context.get_ca_certs()) == 1
-    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
 
 
 def test_ssl_cert_file_is_used_without_a_bundle_and_certifi_otherwise(tmp_path: Path) -> None:
