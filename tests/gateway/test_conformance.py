@@ -9,7 +9,9 @@ capture stores the caller's own Choice, decoded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -388,3 +390,56 @@ def _sse(text: str) -> tuple[list[str], list[dict[str, Any]]]:
         for choice in doc.get("choices") or []:
             deltas.append(choice["delta"].get("content") or "")
     return deltas, errors
+
+
+# ------------------------------------------------------------------ the pool
+async def test_the_pool_caps_connections_and_reuses_them(clean_db: str) -> None:
+    upstream = HostileUpstream(slow_s=0.1)
+    await upstream.start()
+    settings = gateway_settings(clean_db, upstream.base_url(), "k", max_connections=4, pool_timeout_s=10)
+    try:
+        async with running_app(settings) as app, asgi_client(app) as client:
+
+            async def ask(marker: str) -> str:
+                body = {"model": MODEL, "messages": _messages("slow_headers", marker)}
+                response = await client.post("/v1/chat/completions", json=body)
+                return str(response.json()["choices"][0]["message"]["content"])
+
+            answers = await asyncio.gather(*(ask(f"p{i}") for i in range(12)))
+            assert answers == [f"answer for p{i}" for i in range(12)]
+            assert upstream.connections == 4  # the other 8 waited for a free connection
+            for i in range(4):
+                assert await ask(f"q{i}") == f"answer for q{i}"
+            assert upstream.connections == 4  # kept alive and reused
+            assert app.state.gateway.upstream.busy == 0
+    finally:
+        await upstream.stop()
+
+
+async def test_a_connect_that_hangs_is_504_naming_the_connect_timeout(clean_db: str) -> None:
+    # A listening socket whose accept queue is full: Linux drops further SYNs, so a connect
+    # neither succeeds nor fails until the client's connect timeout.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    await asyncio.sleep(0.1)
+    settings = gateway_settings(clean_db, f"http://127.0.0.1:{port}/v1", "k", connect_timeout_s=0.3)
+    try:
+        async with running_app(settings) as app, asgi_client(app) as client:
+            response = await client.post(
+                "/v1/chat/completions", json={"model": MODEL, "messages": _messages("plain", "c")}
+            )
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
+    error = response.json()["error"]
+    assert (response.status_code, error["code"]) == (504, "upstream_timeout")
+    assert error["message"] == "connecting to the upstream took longer than 0.3s"
