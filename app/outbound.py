@@ -131,7 +131,7 @@ def _proxy_env(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
     found: dict[str, tuple[str, str]] = {}
     for name, value in environ.items():
         lower = name.lower()
-        if value and lower.endswith("_proxy") and lower != "no_proxy":
+        if value and lower in ("http_proxy", "https_proxy", "all_proxy"):
             scheme = lower[: -len("_proxy")]
             if name == "HTTP_PROXY" and "REQUEST_METHOD" in environ:
                 continue  # httpoxy: under CGI this variable comes from a request header

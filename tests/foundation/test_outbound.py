@@ -126,3 +126,10 @@ def test_an_unusable_proxy_variable_refuses_to_start_in_one_line(
         "invalid configuration: OUTBOUND: HTTPS_PROXY: unsupported proxy scheme 'socks5'; "
         "use http://host:port or https://host:port"
     )
+
+
+def test_other_proxy_variables_are_not_ours_to_judge() -> None:
+    env = {"FTP_PROXY": "ftp://proxy:21", "SOCKS_PROXY": "socks5://proxy:1080", "HTTPS_PROXY": "http://p:1"}
+    proxy = proxy_for(WANDB, env)
+    assert proxy is not None
+    assert proxy.url == "http://p:1"
