@@ -21,6 +21,7 @@ from app.db import create_engine, create_sessionmaker
 from app.errors import error_responses, install_error_handlers
 from app.files.router import router as files_router
 from app.gateway import lifecycle as gateway_lifecycle
+from app.gateway.route import GatewayRoute
 from app.gateway.router import router as gateway_router
 from app.health.metrics import Metrics
 from app.health.router import router as health_router
@@ -28,7 +29,7 @@ from app.jobs.router import router as jobs_router
 from app.keys.service import Authenticator, count_active_keys
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware, StartupErrorMiddleware
-from app.registry.router import router as models_router
+from app.registry.router import create_router as create_models_router
 from app.scoring.router import router as scoring_router
 from app.trajectories.router import router as trajectories_router
 from app.worker import lifecycle as worker_lifecycle
@@ -128,7 +129,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Auth runs in the gateway's own route class (app/gateway/route.py), not as a dependency:
     # cheaper on the proxy's hot path, and its 401s carry the overhead header too.
     app.include_router(gateway_router)
-    app.include_router(models_router)
+    app.include_router(create_models_router(GatewayRoute))
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,

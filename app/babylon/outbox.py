@@ -22,7 +22,7 @@ from app.datasets.models import DatasetGroup
 from app.errors import AppError
 from app.jobs.events import add_event
 from app.jobs.models import SUCCEEDED, TERMINAL_STATUSES, FineTuningJob
-from app.registry.models import Checkpoint
+from app.registry.service import last_job_checkpoint
 
 logger = logging.getLogger(__name__)
 ARTIFACT_PREFIX = "wandb-artifact:///"
@@ -35,9 +35,7 @@ async def _avg_reward(session: AsyncSession, dataset_id: str) -> float | None:
 
 
 async def _last_loss(session: AsyncSession, job_id: str) -> float | None:
-    ckpt = await session.scalar(
-        sa.select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step.desc()).limit(1)
-    )
+    ckpt = await last_job_checkpoint(session, job_id)
     value = (ckpt.metrics or {}).get("train_loss") if ckpt else None
     return float(value) if isinstance(value, (int, float)) else None
 

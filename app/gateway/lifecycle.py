@@ -44,13 +44,7 @@ async def startup(app: FastAPI) -> None:
         pool_timeout=cfg.pool_timeout_s,
         keepalive_expiry=cfg.keepalive_expiry_s,
     )
-    resolver = ModelResolver(
-        app.state.sessionmaker,
-        allowed_base_models=settings.training.allowed_base_models,
-        best_metric=settings.training.best_metric,
-        fallback_default=cfg.fallback_to_base_model,
-        ttl_s=cfg.resolve_cache_ttl_s,
-    )
+    resolver = ModelResolver.from_settings(app.state.sessionmaker, settings)
     engine = app.state.engine
 
     def writer(table: sa.Table) -> BatchWriter:

@@ -44,7 +44,8 @@ from app.gateway.upstream_errors import (
 )
 from app.gateway.writer import BatchWriter
 from app.logs import current_request_id
-from app.registry.resolution import ModelResolver, Resolution, model_not_found
+from app.registry.resolution import ModelResolver, Resolution
+from app.registry.service import model_not_found
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ from app.errors import AppError, app_error_response
 from app.gateway.proxy import CLIENT_CLOSED_STATUS, ClientClosed, Gateway, GatewayCall, StreamRelay
 
 CALL_SCOPE_KEY = "gateway.call"
-BEARER_SECURITY: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
 
 
 def gateway_call(request: Request) -> GatewayCall:

@@ -12,9 +12,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from app.auth import BEARER_SECURITY
 from app.errors import error_responses
 from app.gateway.proxy import Gateway
-from app.gateway.route import BEARER_SECURITY, GatewayRoute, LoggedGatewayRoute, gateway_call
+from app.gateway.route import GatewayRoute, LoggedGatewayRoute, gateway_call
 from app.gateway.schemas import CHAT_REQUEST_SCHEMA
 
 router = APIRouter(tags=["inference"], route_class=GatewayRoute)
