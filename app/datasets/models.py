@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, JSONType, TimestampMixin, UTCDateTime
+from app.errors import StoredError
 
 
 class Dataset(TimestampMixin, Base):
@@ -24,8 +25,8 @@ class Dataset(TimestampMixin, Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     # rows read/used/ignored/rejected by reason, groups kept/dropped by reason, reward stats, …
     stats: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
-    # {code, message} when status = failed
-    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # {code, message, param} when status = failed
+    error: Mapped[StoredError | None] = mapped_column(JSONType, nullable=True)
     group_count: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
     trajectory_count: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
     # assistant turns that are Choice objects with logprobs: what ART can actually train

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from app.babylon.scorers import DEFAULT_SCORER
 from app.datasets.grouping import GroupRules
 from app.db import to_unix
+from app.errors import ErrorObject
 
 Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
@@ -100,12 +101,6 @@ class DatasetCreate(BaseModel):
         return self
 
 
-class DatasetError(BaseModel):
-    code: str
-    message: str
-    param: str | None = None
-
-
 class DatasetObject(BaseModel):
     id: str
     object: Literal["dataset"] = "dataset"
@@ -115,7 +110,7 @@ class DatasetObject(BaseModel):
     finished_at: int | None
     params: dict[str, Any]
     stats: dict[str, Any]
-    error: DatasetError | None
+    error: ErrorObject | None
     group_count: int
     trajectory_count: int
     trainable_turns: int = Field(
@@ -132,7 +127,7 @@ class DatasetObject(BaseModel):
             finished_at=to_unix(row.finished_at),
             params=row.params or {},
             stats=row.stats or {},
-            error=DatasetError.model_validate(row.error) if row.error else None,
+            error=ErrorObject.model_validate(row.error) if row.error else None,
             group_count=row.group_count,
             trajectory_count=row.trajectory_count,
             trainable_turns=row.trainable_turns,

@@ -27,7 +27,7 @@ from app.datasets.schemas import DatasetCreate
 from app.datasets.snapshot import SnapshotWriter
 from app.datasets.stats import BuildStats
 from app.db import utcnow
-from app.errors import AppError, BadRequest, Conflict, NotFound
+from app.errors import AppError, BadRequest, Conflict, NotFound, StoredError, stored_error
 from app.files.models import File
 from app.ids import new_id
 from app.pagination import after_row, created_order, cursor_anchor, fetch_page
@@ -168,7 +168,7 @@ async def _finish(
     dataset_id: str,
     *,
     stats: BuildStats | None = None,
-    error: dict[str, Any] | None = None,
+    error: StoredError | None = None,
 ) -> Dataset:
     async with sessionmaker() as session:
         dataset = await get_dataset(session, dataset_id)
@@ -200,14 +200,14 @@ def _redact(message: str, url: str | None) -> str:
     return message
 
 
-def _error_of(exc: BaseException, babylon_url: str | None) -> dict[str, Any]:
+def _error_of(exc: BaseException, babylon_url: str | None) -> StoredError:
     if isinstance(exc, AppError):
-        return {"code": exc.code or "build_failed", "message": exc.message, "param": exc.param}
+        return exc.stored(default_code="build_failed")
     if isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)):
         message = f"reading the game's database failed: {type(exc).__name__}: {exc}"
-        return {"code": "babylon_unavailable", "message": _redact(message, babylon_url)[:500], "param": None}
+        return stored_error("babylon_unavailable", _redact(message, babylon_url)[:500])
     message = _redact(f"{type(exc).__name__}: {exc}", babylon_url)
-    return {"code": "build_failed", "message": message[:500], "param": None}
+    return stored_error("build_failed", message[:500])
 
 
 async def build_dataset(
@@ -249,11 +249,7 @@ async def build_dataset(
             sessionmaker,
             dataset_id,
             build,
-            {
-                "code": "build_cancelled",
-                "message": "the build was cancelled (service shutdown?)",
-                "param": None,
-            },
+            stored_error("build_cancelled", "the build was cancelled (service shutdown?)"),
         )
         raise
     except Exception as exc:
@@ -286,7 +282,7 @@ async def _fail_quietly(
     sessionmaker: async_sessionmaker[AsyncSession],
     dataset_id: str,
     build: BabylonBuild | PushedBuild | None,
-    error: dict[str, Any],
+    error: StoredError,
 ) -> None:
     try:
         writer = (
@@ -314,11 +310,9 @@ async def fail_stale_builds(session: AsyncSession, *, stale_after_s: float = STA
         .values(
             status=FAILED,
             finished_at=utcnow(),
-            error={
-                "code": "build_interrupted",
-                "message": "the build stopped without finishing; create the dataset again",
-                "param": None,
-            },
+            error=stored_error(
+                "build_interrupted", "the build stopped without finishing; create the dataset again"
+            ),
         )
         .execution_options(synchronize_session=False)
     )

@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.config import Settings
-from app.errors import BadRequest, error_body
+from app.errors import BadRequest, render_error
 from app.gateway.capture import CaptureTarget, StreamAssembler, capture_row, parse_metadata, strip_logprobs
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
@@ -536,9 +536,7 @@ class StreamRelay(Response):
         logger.warning(
             "gateway.stream_failed code=%s model=%s error=%s", failure.code, self.call.model_served, exc
         )
-        event = (
-            b"data: " + orjson.dumps(error_body(failure.message, failure.type, code=failure.code)) + b"\n\n"
-        )
+        event = b"data: " + render_error(failure) + b"\n\n"
         await send({"type": "http.response.body", "body": event, "more_body": True})
 
     def _transform(self, data: bytes) -> bytes:

@@ -17,7 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from app.auth import authenticate
-from app.errors import AppError, app_error_response
+from app.errors import AppError, error_response
 from app.gateway.proxy import CLIENT_CLOSED_STATUS, ClientClosed, Gateway, GatewayCall, StreamRelay
 
 CALL_SCOPE_KEY = "gateway.call"
@@ -51,7 +51,7 @@ class GatewayRoute(APIRoute):
             except AppError as exc:
                 if call.error_code is None:
                     call.error_code = exc.code
-                response = app_error_response(exc)
+                response = error_response(exc)
             except ClientDisconnect:  # gone while sending its body: nobody to answer
                 call.error_code = "client_disconnected"
                 response = ClientClosed()

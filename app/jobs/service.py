@@ -88,7 +88,7 @@ async def resolve_dataset(session: AsyncSession, training_file: str) -> Dataset:
 def check_dataset_trainable(dataset: Dataset, training_file: str) -> None:
     """Raise BadRequest unless the dataset is built and has something ART can train."""
     if dataset.status == "failed":
-        reason = (dataset.error or {}).get("message", "unknown reason")
+        reason = dataset.error["message"] if dataset.error else "unknown reason"
         raise BadRequest(
             f"training file {training_file} failed to build: {reason}",
             param="training_file",
