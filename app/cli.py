@@ -73,7 +73,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from app.main import install_game_adapters
     from app.worker.standalone import run_worker
+
+    install_game_adapters()  # the worker builds the games' datasets and hands them their jobs
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)

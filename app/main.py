@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,8 +12,9 @@ from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 
 from app import migrations
+from app.adapters import GameAdapter, install
 from app.auth import require_api_key
-from app.babylon.router import router as train_router
+from app.babylon.adapter import ADAPTER as BABYLON
 from app.config import NO_API_KEY_MESSAGE, ConfigError, Settings, load_settings
 from app.datasets import lifecycle as datasets_lifecycle
 from app.datasets.router import router as datasets_router
@@ -45,6 +46,16 @@ Every route except `/health`, `/healthz`, `/readyz` and these docs needs
 `Authorization: Bearer <key>` (the **Authorize** button). Errors always have the shape
 `{"error": {"message", "type", "param", "code"}}`.
 """
+
+
+# The games this service is wired to. The core reaches them only through the interfaces in
+# app/adapters.py; this tuple (and the CLI's worker, which installs the same) is the one choice.
+GAME_ADAPTERS: tuple[GameAdapter, ...] = (BABYLON,)
+
+
+def install_game_adapters(adapters: Sequence[GameAdapter] = GAME_ADAPTERS) -> None:
+    for adapter in adapters:
+        install(adapter)
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -97,7 +108,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.info("service.stopped")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, adapters: Sequence[GameAdapter] = GAME_ADAPTERS) -> FastAPI:
     app = FastAPI(
         title="training-control",
         version="0.1.0",
@@ -115,6 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
     metrics.watch_engine(lambda: app.state.engine)
 
     install_error_handlers(app)
+    install_game_adapters(adapters)
     protected: dict[str, Any] = {
         "dependencies": [Depends(require_api_key)],
         "responses": error_responses(400, 401, 413, 415, 422),
@@ -125,7 +137,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(scoring_router, **protected)
     app.include_router(datasets_router, **protected)
     app.include_router(jobs_router, **protected)
-    app.include_router(train_router, **protected)
+    for adapter in adapters:
+        for router in adapter.routers:
+            app.include_router(router, **protected)
     # Auth runs in the gateway's own route class (app/gateway/route.py), not as a dependency:
     # cheaper on the proxy's hot path, and its 401s carry the overhead header too.
     app.include_router(gateway_router)

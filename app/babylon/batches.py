@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.babylon import handoff
 from app.babylon.handoff import Batch
+from app.babylon.source import create_babylon_dataset
 from app.config import Settings
-from app.datasets.service import create_babylon_dataset
 from app.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from app.ids import new_id
 from app.jobs.events import add_event

@@ -127,6 +127,31 @@ async def _remove(sessionmaker: async_sessionmaker[AsyncSession], dataset_id: st
         await session.commit()
 
 
+async def resolve_training_file(session: AsyncSession, file_or_dataset_id: str) -> Dataset:
+    """The dataset a job's `training_file` names: a `ds-…` id, or a `file-…` id (an uploaded
+    fine-tune JSONL, stored as a dataset with source="file" when it was uploaded).
+
+    Raises NotFound(param="training_file", code="file_not_found") for an unknown id or a file
+    whose dataset is gone. The dataset may not be ready yet: check `status` ("ready").
+    """
+
+    def missing() -> NotFound:
+        return NotFound(
+            f"no file or dataset with id {file_or_dataset_id!r}", param="training_file", code="file_not_found"
+        )
+
+    if file_or_dataset_id.startswith("file-"):
+        file = await session.get(File, file_or_dataset_id)
+        if file is None or file.dataset_id is None:
+            raise missing()
+        dataset = await session.get(Dataset, file.dataset_id)
+    else:
+        dataset = await session.get(Dataset, file_or_dataset_id)
+    if dataset is None:
+        raise missing()
+    return dataset
+
+
 async def get_file(session: AsyncSession, file_id: str) -> File:
     file = await session.get(File, file_id)
     if file is None:

@@ -16,11 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.datasets.models import Dataset
-from app.datasets.service import resolve_training_file
 from app.db import utcnow
 from app.errors import BadRequest, Conflict, NotFound
+from app.files.service import resolve_training_file
 from app.ids import new_id
-from app.jobs import webhooks
+from app.jobs import handoff, webhooks
 from app.jobs.events import add_event
 from app.jobs.hyperparameters import Hyperparameters, resolve_hyperparameters
 from app.jobs.models import (
@@ -401,8 +401,7 @@ async def finish_job(
     """Terminal transition + its event, webhook deliveries and pending game hand-off, in one flush."""
     transition(job, status)
     job.error = error
-    if job.babylon_batch_id is not None:
-        job.handoff_status = "pending"
+    await handoff.mark_pending(session, job)
     add_event(
         session,
         job.id,

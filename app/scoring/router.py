@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.babylon import scorers as _babylon_scorers  # noqa: F401  (registers the game's scorers)
 from app.deps import SessionDep
 from app.errors import BadRequest, error_responses
 from app.pagination import ListPage

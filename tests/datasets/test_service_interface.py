@@ -7,19 +7,19 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
+from app.babylon.source import create_babylon_dataset
 from app.config import Settings
 from app.datasets import lifecycle
 from app.datasets.models import Dataset
 from app.datasets.schemas import DatasetCreate
 from app.datasets.service import (
     build_dataset,
-    create_babylon_dataset,
     fail_stale_builds,
     list_group_rows,
-    resolve_training_file,
 )
 from app.db import utcnow
 from app.errors import BadRequest, NotFound
+from app.files.service import resolve_training_file
 from tests.conftest import make_settings
 from tests.fixtures.game import GameDB, trade_step, window_id
 from tests.fixtures.pipeline import Pipeline

@@ -11,8 +11,9 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from app.datasets.models import Dataset, DatasetGroup
-from app.datasets.service import list_group_rows, resolve_training_file
+from app.datasets.service import list_group_rows
 from app.errors import NotFound
+from app.files.service import resolve_training_file
 
 CHOICE = {
     "index": 0,
