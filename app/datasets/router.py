@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from app.datasets import service
+from app.datasets import service, sources
 from app.datasets.schemas import (
     DatasetCreate,
     DatasetGroupObject,
@@ -16,7 +16,7 @@ from app.datasets.schemas import (
 )
 from app.datasets.tasks import start_build
 from app.deps import SessionDep, SettingsDep
-from app.errors import BadRequest, error_responses
+from app.errors import BadRequest, Unprocessable, error_responses
 from app.pagination import ListPage
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -49,8 +49,11 @@ async def list_datasets(
     session: SessionDep,
     after: str | None = None,
     limit: Limit = 20,
-    source: Annotated[str | None, Query(pattern="^(babylon|pushed|file)$")] = None,
+    source: Annotated[str | None, Query(max_length=64, description="pushed, file or a game's source")] = None,
 ) -> ListPage[DatasetObject]:
+    if source is not None and source != sources.FILE and source not in sources.source_names():
+        names = ", ".join([*sources.source_names(), sources.FILE])
+        raise Unprocessable(f"source: unknown source {source!r}; available: {names}", param="source")
     rows, has_more = await service.list_datasets(session, after=after, limit=limit, source=source)
     data = [DatasetObject.from_row(r) for r in rows]
     return ListPage.of(data, has_more)

@@ -176,6 +176,11 @@ class TestDockerfile:
                 assert (REPO / source).exists(), source
                 assert source.rstrip("/") not in {i.rstrip("/") for i in ignored}, source
 
+    def test_the_production_image_leaves_the_development_tools_out(self) -> None:
+        copied = [source for ins, args in _dockerfile() if ins == "COPY" for source in shlex.split(args)[:-1]]
+        assert "app" in copied
+        assert not [s for s in copied if s.rstrip("/") in {".", "app_dev", "tests", "bench"}], copied
+
     def test_dockerignore_keeps_secrets_and_local_state_out(self) -> None:
         ignored = set((REPO / ".dockerignore").read_text().split())
         assert {".env", ".venv", ".git", "data/"} <= ignored
