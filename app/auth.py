@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.errors import Unauthorized
 from app.keys.service import Authenticator, Principal
+from app.state import app_state
 
 # auto_error=False: a missing header must answer 401 in our envelope, not FastAPI's 403.
 bearer_scheme = HTTPBearer(
@@ -49,7 +50,7 @@ async def require_api_key(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Principal:
-    principal = await authenticate(request.app.state.authenticator, request.headers.get("authorization"))
+    principal = await authenticate(app_state(request.app).authenticator, request.headers.get("authorization"))
     request.state.principal = principal
     return principal
 

@@ -32,6 +32,7 @@ from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware, StartupErrorMiddleware
 from app.registry.router import create_router as create_models_router
 from app.scoring.router import router as scoring_router
+from app.state import AppState, app_state
 from app.trajectories.router import router as trajectories_router
 from app.worker import lifecycle as worker_lifecycle
 
@@ -63,12 +64,12 @@ def _operation_id(route: APIRoute) -> str:
     return f"{tag}-{route.name}"
 
 
-async def _refuse_without_keys(app: FastAPI) -> None:
+async def _refuse_without_keys(state: AppState) -> None:
     """An API nobody can call, or (worse) a misconfigured one, must not start silently."""
-    settings: Settings = app.state.settings
+    settings = state.settings
     if settings.environment == "development" or settings.api_keys:
         return
-    async with app.state.sessionmaker() as session:
+    async with state.sessionmaker() as session:
         active = await count_active_keys(session)
     if active == 0:
         raise ConfigError(NO_API_KEY_MESSAGE)
@@ -76,23 +77,23 @@ async def _refuse_without_keys(app: FastAPI) -> None:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
+    state = app_state(app)
+    settings = state.settings
     if settings.migrate_on_start:
         await asyncio.to_thread(
             migrations.upgrade, settings.database_url, lock_timeout_s=settings.db.migrate_lock_timeout_s
         )
     engine = create_engine(settings)
-    app.state.engine = engine
-    app.state.sessionmaker = create_sessionmaker(engine)
-    app.state.authenticator = Authenticator(
-        [k.get_secret_value() for k in settings.api_keys],
-        app.state.sessionmaker,
-        ttl_s=settings.auth.key_cache_ttl_s,
+    sessionmaker = create_sessionmaker(engine)
+    authenticator = Authenticator(
+        [k.get_secret_value() for k in settings.api_keys], sessionmaker, ttl_s=settings.auth.key_cache_ttl_s
     )
+    state.open(engine, sessionmaker, authenticator)
     try:
-        await _refuse_without_keys(app)
+        await _refuse_without_keys(state)
     except BaseException:
         await engine.dispose()
+        state.close()
         raise
     try:
         await gateway_lifecycle.startup(app)
@@ -105,6 +106,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await datasets_lifecycle.shutdown(app)
         await gateway_lifecycle.shutdown(app)
         await engine.dispose()
+        state.close()
         logger.info("service.stopped")
 
 
@@ -119,11 +121,10 @@ def create_app(settings: Settings, adapters: Sequence[GameAdapter] = GAME_ADAPTE
         redoc_url=None,
         responses=error_responses(500),
     )
-    app.state.settings = settings
-    app.state.engine = None
     metrics = Metrics()
-    app.state.metrics = metrics
-    metrics.watch_engine(lambda: app.state.engine)
+    state = AppState(settings, metrics)
+    state.attach(app)
+    metrics.watch_engine(lambda: state.engine_or_none)
 
     install_error_handlers(app)
     install_game_adapters(adapters)

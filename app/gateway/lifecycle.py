@@ -17,6 +17,7 @@ from app.gateway.proxy import Gateway
 from app.gateway.upstream import UpstreamPool
 from app.gateway.writer import BatchWriter, sweep_request_log
 from app.registry.resolution import ModelResolver
+from app.state import app_state
 
 logger = logging.getLogger(__name__)
 
@@ -25,15 +26,15 @@ _FIRST_SWEEP_DELAY_S = 60.0
 
 def _metrics(app: FastAPI) -> GatewayMetrics:
     # One set of collectors per app registry, even if the lifespan runs twice.
-    existing: GatewayMetrics | None = getattr(app.state, "gateway_metrics", None)
+    existing: GatewayMetrics | None = app_state(app).gateway_metrics
     if existing is None:
-        existing = GatewayMetrics(app.state.metrics.registry)
-        app.state.gateway_metrics = existing
+        existing = GatewayMetrics(app_state(app).metrics.registry)
+        app_state(app).gateway_metrics = existing
     return existing
 
 
 async def startup(app: FastAPI) -> None:
-    settings: Settings = app.state.settings
+    settings: Settings = app_state(app).settings
     cfg = settings.inference
     metrics = _metrics(app)
     pool = UpstreamPool(
@@ -44,8 +45,8 @@ async def startup(app: FastAPI) -> None:
         pool_timeout=cfg.pool_timeout_s,
         keepalive_expiry=cfg.keepalive_expiry_s,
     )
-    resolver = ModelResolver.from_settings(app.state.sessionmaker, settings)
-    engine = app.state.engine
+    resolver = ModelResolver.from_settings(app_state(app).sessionmaker, settings)
+    engine = app_state(app).engine
 
     def writer(table: sa.Table) -> BatchWriter:
         return BatchWriter(
@@ -62,8 +63,8 @@ async def startup(app: FastAPI) -> None:
     captures.start()
     if request_log is not None:
         request_log.start()
-    app.state.gateway = Gateway(settings, pool, resolver, metrics, captures, request_log)
-    app.state.gateway_retention = (
+    app_state(app).gateway = Gateway(settings, pool, resolver, metrics, captures, request_log)
+    app_state(app).gateway_retention = (
         asyncio.create_task(_retention_loop(app), name="gateway-retention")
         if cfg.request_log and cfg.request_log_retention_days > 0
         else None
@@ -82,12 +83,12 @@ def _table(model: type[CapturedCompletion] | type[GatewayRequest]) -> sa.Table:
 
 
 async def _retention_loop(app: FastAPI) -> None:
-    cfg = app.state.settings.inference
+    cfg = app_state(app).settings.inference
     await asyncio.sleep(min(_FIRST_SWEEP_DELAY_S, cfg.retention_interval_s))
     while True:
         try:
             deleted = await sweep_request_log(
-                app.state.engine,
+                app_state(app).engine,
                 retention_days=cfg.request_log_retention_days,
                 batch_size=cfg.retention_batch_size,
             )
@@ -100,16 +101,16 @@ async def _retention_loop(app: FastAPI) -> None:
 
 async def shutdown(app: FastAPI) -> None:
     """Stop the sweep, write every pending capture and log row, close upstream connections."""
-    retention: asyncio.Task[None] | None = getattr(app.state, "gateway_retention", None)
+    retention: asyncio.Task[None] | None = app_state(app).gateway_retention
     if retention is not None:
         retention.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await retention
-    gateway: Gateway | None = getattr(app.state, "gateway", None)
+    gateway: Gateway | None = app_state(app).gateway
     if gateway is None:
         return
     await gateway.captures.stop()
     if gateway.request_log is not None:
         await gateway.request_log.stop()
     await gateway.pool.aclose()
-    app.state.gateway = None
+    app_state(app).gateway = None

@@ -18,7 +18,8 @@ from starlette.responses import Response
 
 from app.auth import authenticate
 from app.errors import AppError, error_response
-from app.gateway.proxy import CLIENT_CLOSED_STATUS, ClientClosed, Gateway, GatewayCall, StreamRelay
+from app.gateway.proxy import CLIENT_CLOSED_STATUS, ClientClosed, GatewayCall, StreamRelay
+from app.state import app_state
 
 CALL_SCOPE_KEY = "gateway.call"
 
@@ -41,10 +42,10 @@ class GatewayRoute(APIRoute):
         async def handler(request: Request) -> Response:
             call = GatewayCall(start=time.perf_counter(), route=log_route or self.name)
             request.scope[CALL_SCOPE_KEY] = call
-            app_state = request.app.state
-            gateway: Gateway | None = getattr(app_state, "gateway", None)
+            state = app_state(request.app)
+            gateway = state.gateway
             try:
-                principal = await authenticate(app_state.authenticator, request.headers.get("authorization"))
+                principal = await authenticate(state.authenticator, request.headers.get("authorization"))
                 call.key_id = principal.key_id
                 request.state.principal = principal
                 response = await original(request)

@@ -17,11 +17,11 @@ from app.registry.catalog import list_models
 from app.registry.resolution import ModelResolver
 from app.registry.schemas import AliasObject, AliasRequest, ModelList, ModelObject
 from app.registry.service import model_not_found, point_alias
+from app.state import app_state
 
 
 def _resolver(request: Request) -> ModelResolver:
-    resolver: ModelResolver = request.app.state.gateway.resolver
-    return resolver
+    return app_state(request.app).resolver
 
 
 async def models_list(session: SessionDep, settings: SettingsDep) -> ModelList:

@@ -21,6 +21,7 @@ from app.config import ConfigError, Settings
 from app.db import create_engine, create_sessionmaker
 from app.keys import service as keys_service
 from app.main import create_app
+from app.state import app_state
 from tests.conftest import TEST_API_KEY, asgi_client, make_settings
 from tests.foundation.support import CLI, clean_env, run, sync_url
 
@@ -204,10 +205,10 @@ async def test_cli_key_is_printed_once_stored_hashed_and_revocable(
 async def test_stored_key_checks_are_cached_for_the_configured_ttl(settings: Settings) -> None:
     app = create_app(make_settings(settings.database_url, auth={"key_cache_ttl_s": 0}))
     async with LifespanManager(app, startup_timeout=60):
-        assert app.state.authenticator._ttl_s == 0
+        assert app_state(app).authenticator._ttl_s == 0
     default = create_app(settings)
     async with LifespanManager(default, startup_timeout=60):
-        assert default.state.authenticator._ttl_s == 5.0
+        assert app_state(default).authenticator._ttl_s == 5.0
 
 
 class TestRefuseToStartWithoutKey:

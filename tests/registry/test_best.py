@@ -10,6 +10,7 @@ import pytest
 
 from app.registry.models import ModelAlias
 from app.registry.policy import move_aliases
+from app.state import app_state
 from tests.conftest import make_settings
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import FAST_INFERENCE, running_app, sdk_for, seed_model
@@ -32,7 +33,7 @@ async def test_best_without_an_alias_row_follows_the_configured_mode(
     )
     async with running_app(settings) as app:
         seeded = await seed_model(app, emulator, steps=(1, 2, 3), metrics=REWARDS)
-        async with app.state.sessionmaker() as session:
+        async with app_state(app).sessionmaker() as session:
             assert await session.get(ModelAlias, 1) is None  # no stored alias of any name
         sdk = sdk_for(app)
         completion = await sdk.chat.completions.create(model="agent:best", messages=MESSAGES, max_tokens=2)
@@ -40,7 +41,7 @@ async def test_best_without_an_alias_row_follows_the_configured_mode(
         await sdk.close()
 
         # the alias the runner stores after a step points at the same checkpoint
-        async with app.state.sessionmaker() as session:
+        async with app_state(app).sessionmaker() as session:
             moved = await move_aliases(session, settings, seeded.model)
     assert completion.model == seeded.artifact(best_step)  # what the upstream was asked for
     assert retrieved.model_extra["served_model"] == seeded.artifact(best_step)  # type: ignore[index]
