@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.babylon import handoff
-from app.babylon.handoff import Batch
+from app.babylon.handoff import Batch, BatchStatus
 from app.babylon.source import create_babylon_dataset
 from app.config import Settings
 from app.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
@@ -24,7 +24,7 @@ from app.jobs.events import add_event
 from app.jobs.hyperparameters import Hyperparameters
 from app.jobs.models import VALIDATING, FineTuningJob
 
-STARTABLE_BATCH_STATUSES = ("pending", "failed")
+STARTABLE_BATCH_STATUSES = (BatchStatus.PENDING, BatchStatus.FAILED)
 
 
 def babylon_url(settings: Settings) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,14 +13,22 @@ from app.db import Base, JSONType, TimestampMixin, UTCDateTime
 from app.errors import StoredError
 
 
+class DatasetStatus(StrEnum):
+    """A build's progress. Stored as a string column: a new status needs no ALTER TYPE."""
+
+    QUEUED = "queued"
+    BUILDING = "building"
+    READY = "ready"  # the only status whose groups jobs read
+    FAILED = "failed"  # `error` says why
+
+
 class Dataset(TimestampMixin, Base):
     __tablename__ = "datasets"
     __table_args__ = (sa.Index(None, "created_at"),)
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # ds-…
-    # queued | building | ready | failed
-    status: Mapped[str] = mapped_column(sa.String(16), nullable=False, index=True)
-    # babylon | pushed | file
+    status: Mapped[str]  # DatasetStatus = mapped_column(sa.String(16), nullable=False, index=True)
+    # a trajectory source's name (app/datasets/sources.py: pushed, a game's) or file (an upload)
     source: Mapped[str] = mapped_column(sa.String(16), nullable=False)
     # what was asked: window ids or time range, scorer, group limits
     params: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)

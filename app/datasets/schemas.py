@@ -9,8 +9,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from app.datasets import sources
 from app.datasets.grouping import GroupRules
+from app.datasets.models import Dataset, DatasetGroup, DatasetRejection, DatasetStatus
 from app.db import to_unix
 from app.errors import ErrorObject
+from app.pagination import numbered_id
+
+GROUP_PREFIX, REJECTION_PREFIX = "grp", "rej"
 
 Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
@@ -114,7 +118,7 @@ class DatasetCreate(BaseModel):
 class DatasetObject(BaseModel):
     id: str
     object: Literal["dataset"] = "dataset"
-    status: str = Field(description="queued | building | ready | failed")
+    status: DatasetStatus
     source: str = Field(description="pushed | file | a game adapter's source (babylon)")
     created_at: int
     finished_at: int | None
@@ -128,10 +132,10 @@ class DatasetObject(BaseModel):
     )
 
     @classmethod
-    def from_row(cls, row: Any) -> DatasetObject:
+    def from_row(cls, row: Dataset) -> DatasetObject:
         return cls(
             id=row.id,
-            status=row.status,
+            status=DatasetStatus(row.status),
             source=row.source,
             created_at=to_unix(row.created_at) or 0,
             finished_at=to_unix(row.finished_at),
@@ -154,6 +158,18 @@ class DatasetGroupObject(BaseModel):
     trainable_turns: int
     trajectories: list[dict[str, Any]] = Field(description='art.Trajectory(...).model_dump(mode="json") each')
 
+    @classmethod
+    def from_row(cls, row: DatasetGroup) -> DatasetGroupObject:
+        return cls(
+            id=numbered_id(GROUP_PREFIX, row.position),
+            dataset_id=row.dataset_id,
+            position=row.position,
+            scenario_id=row.scenario_id,
+            rewards=row.rewards,
+            trainable_turns=row.trainable_turns,
+            trajectories=row.trajectories,
+        )
+
 
 class DatasetRejectionObject(BaseModel):
     id: str
@@ -163,3 +179,14 @@ class DatasetRejectionObject(BaseModel):
     agent_id: str | None
     reason: str
     detail: str | None
+
+    @classmethod
+    def from_row(cls, row: DatasetRejection) -> DatasetRejectionObject:
+        return cls(
+            id=numbered_id(REJECTION_PREFIX, row.id),
+            trajectory_id=row.trajectory_id,
+            window_id=row.window_id,
+            agent_id=row.agent_id,
+            reason=row.reason,
+            detail=row.detail,
+        )

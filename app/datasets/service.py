@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.datasets.models import Dataset, DatasetGroup, DatasetRejection
+from app.datasets.models import Dataset, DatasetGroup, DatasetRejection, DatasetStatus
 from app.datasets.schemas import DatasetCreate
 from app.datasets.snapshot import SnapshotWriter
 from app.datasets.sources import DatasetBuild, TrajectorySource, get_source
@@ -30,7 +30,6 @@ from app.pagination import after_row, created_order, cursor_anchor, fetch_page
 
 logger = logging.getLogger(__name__)
 
-QUEUED, BUILDING, READY, FAILED = "queued", "building", "ready", "failed"
 # a build refreshes its heartbeat at least every 20 s (a source's builder flushes that often)
 STALE_BUILD_AFTER_S = 600.0
 
@@ -66,7 +65,9 @@ async def create_dataset(session: AsyncSession, settings: Settings, params: Data
     known). The caller commits, then builds it (`build_dataset`) inline or in the background."""
     source = get_source(params.source)
     stored = {**params.model_dump(mode="json"), **source.prepare(settings, params)}
-    dataset = Dataset(id=new_id("ds"), status=QUEUED, source=params.source, params=stored, stats={})
+    dataset = Dataset(
+        id=new_id("ds"), status=DatasetStatus.QUEUED, source=params.source, params=stored, stats={}
+    )
     session.add(dataset)
     await session.flush()
     return dataset
@@ -92,8 +93,8 @@ async def _claim(sessionmaker: async_sessionmaker[AsyncSession], dataset_id: str
         now = utcnow()
         result = await session.execute(
             sa.update(Dataset)
-            .where(Dataset.id == dataset_id, Dataset.status == QUEUED)
-            .values(status=BUILDING, heartbeat_at=now)
+            .where(Dataset.id == dataset_id, Dataset.status == DatasetStatus.QUEUED)
+            .values(status=DatasetStatus.BUILDING, heartbeat_at=now)
         )
         await session.commit()
         if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -113,13 +114,13 @@ async def _finish(
         dataset.finished_at = utcnow()
         dataset.heartbeat_at = dataset.finished_at
         if error is not None:
-            dataset.status = FAILED
+            dataset.status = DatasetStatus.FAILED
             dataset.error = error
             dataset.stats = stats.to_dict() if stats is not None else {}
             dataset.group_count = dataset.trajectory_count = dataset.trainable_turns = 0
         else:
             assert stats is not None
-            dataset.status = READY
+            dataset.status = DatasetStatus.READY
             dataset.error = None
             dataset.stats = stats.to_dict()
             dataset.group_count = stats.groups_kept
@@ -219,11 +220,11 @@ async def fail_stale_builds(session: AsyncSession, *, stale_after_s: float = STA
     result = await session.execute(
         sa.update(Dataset)
         .where(
-            Dataset.status.in_((QUEUED, BUILDING)),
+            Dataset.status.in_((DatasetStatus.QUEUED, DatasetStatus.BUILDING)),
             sa.func.coalesce(Dataset.heartbeat_at, Dataset.created_at) < cutoff,
         )
         .values(
-            status=FAILED,
+            status=DatasetStatus.FAILED,
             finished_at=utcnow(),
             error=stored_error(
                 "build_interrupted", "the build stopped without finishing; create the dataset again"
@@ -248,7 +249,7 @@ async def list_datasets(
 
 
 def ensure_ready(dataset: Dataset) -> None:
-    if dataset.status != READY:
+    if dataset.status != DatasetStatus.READY:
         raise Conflict(
             f"dataset {dataset.id} is {dataset.status}; its groups are readable once it is ready",
             param="dataset_id",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 import sqlalchemy as sa
@@ -26,7 +27,15 @@ from app.jobs.models import TERMINAL_STATUSES, FineTuningJob
 
 logger = logging.getLogger(__name__)
 
-PENDING, DONE, FAILED = "pending", "done", "failed"
+
+class HandoffStatus(StrEnum):
+    """`fine_tuning_jobs.handoff_status` (null: no game wants the job)."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
 RETRY_BATCH = 20
 
 
@@ -86,7 +95,7 @@ async def _taker(session: AsyncSession, job: FineTuningJob) -> Handoff | None:
 async def mark_pending(session: AsyncSession, job: FineTuningJob) -> None:
     """At a job's terminal transition: queue its hand-off if a game wants it."""
     if await _taker(session, job) is not None:
-        job.handoff_status = PENDING
+        job.handoff_status = HandoffStatus.PENDING
 
 
 async def job_started(settings: Settings, job: FineTuningJob) -> None:
@@ -106,12 +115,12 @@ async def _record(
     async with sessionmaker() as session:
         result = await session.execute(
             sa.update(FineTuningJob)
-            .where(FineTuningJob.id == job_id, FineTuningJob.handoff_status == PENDING)
+            .where(FineTuningJob.id == job_id, FineTuningJob.handoff_status == HandoffStatus.PENDING)
             .values(handoff_status=outcome)
             .execution_options(synchronize_session=False)
         )
         if getattr(result, "rowcount", 0):  # another worker may have recorded it first
-            add_event(session, job_id, message, level="error" if outcome == FAILED else "info")
+            add_event(session, job_id, message, level="error" if outcome == HandoffStatus.FAILED else "info")
         await session.commit()
 
 
@@ -119,12 +128,15 @@ async def deliver(settings: Settings, sessionmaker: async_sessionmaker[AsyncSess
     """Run the pending hand-off of a finished job and record how it ended."""
     async with sessionmaker() as session:
         job = await session.get(FineTuningJob, job_id)
-        if job is None or job.handoff_status != PENDING or job.status not in TERMINAL_STATUSES:
+        if job is None or job.handoff_status != HandoffStatus.PENDING or job.status not in TERMINAL_STATUSES:
             return
         handoff = await _taker(session, job)
     if handoff is None:
         await _record(
-            sessionmaker, job_id, FAILED, "Hand-off skipped: no installed game adapter takes this job"
+            sessionmaker,
+            job_id,
+            HandoffStatus.FAILED,
+            "Hand-off skipped: no installed game adapter takes this job",
         )
         return
     try:
@@ -132,7 +144,9 @@ async def deliver(settings: Settings, sessionmaker: async_sessionmaker[AsyncSess
     except Exception as exc:  # the game's side may be down: stay pending, retry later
         logger.warning("handoff.retry handoff=%s job_id=%s error=%s", handoff.name, job_id, exc)
         return
-    await _record(sessionmaker, job_id, DONE if result.ok else FAILED, result.message)
+    await _record(
+        sessionmaker, job_id, HandoffStatus.DONE if result.ok else HandoffStatus.FAILED, result.message
+    )
     logger.info("handoff.recorded handoff=%s job_id=%s ok=%s", handoff.name, job_id, result.ok)
 
 
@@ -142,7 +156,10 @@ async def deliver_pending(settings: Settings, sessionmaker: async_sessionmaker[A
         ids = (
             await session.scalars(
                 sa.select(FineTuningJob.id)
-                .where(FineTuningJob.handoff_status == PENDING, FineTuningJob.status.in_(TERMINAL_STATUSES))
+                .where(
+                    FineTuningJob.handoff_status == HandoffStatus.PENDING,
+                    FineTuningJob.status.in_(TERMINAL_STATUSES),
+                )
                 .limit(RETRY_BATCH)
             )
         ).all()

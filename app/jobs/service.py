@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.datasets.models import Dataset
+from app.datasets.models import Dataset, DatasetStatus
 from app.db import utcnow
 from app.errors import BadRequest, Conflict, NotFound
 from app.files.service import resolve_training_file
@@ -87,14 +87,14 @@ async def resolve_dataset(session: AsyncSession, training_file: str) -> Dataset:
 
 def check_dataset_trainable(dataset: Dataset, training_file: str) -> None:
     """Raise BadRequest unless the dataset is built and has something ART can train."""
-    if dataset.status == "failed":
+    if dataset.status == DatasetStatus.FAILED:
         reason = dataset.error["message"] if dataset.error else "unknown reason"
         raise BadRequest(
             f"training file {training_file} failed to build: {reason}",
             param="training_file",
             code="training_file_failed",
         )
-    if dataset.status != "ready":
+    if dataset.status != DatasetStatus.READY:
         raise BadRequest(
             f"training file {training_file} is not ready yet (status {dataset.status}); "
             "retry when it is ready",
