@@ -33,6 +33,7 @@ from app.models import Base
 
 pytest_plugins = [
     "tests.fixtures.babylon",
+    "tests.fixtures.core",
     "tests.fixtures.emulator",
     "tests.fixtures.gateway",
     "tests.fixtures.pipeline",

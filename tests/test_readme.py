@@ -35,11 +35,11 @@ EXERCISED_ELSEWHERE = {
     "tests/e2e/test_demo.py runs the demo",
     QUICK_START_TESTS: "CI runs exactly this",
     "cp .env.example .env": "test_compose_walkthrough_commands_name_real_services_and_commands",
-    "docker compose up -d --build": "no Docker engine here; tests/foundation/test_containers.py checks the compose file",
+    "docker compose up -d --build": "no Docker engine here; tests/test_containers.py checks the compose file",
     'curl -H "Authorization: Bearer $API_KEY" http://localhost:8000/v1/models': "the Postgres walkthrough test "
     "calls /v1/models with the key the same way",
     "docker compose run --rm migrate training-control keys create my-client": "test_compose_walkthrough_commands_"
-    "name_real_services_and_commands (service and CLI command exist); keys create is tested in tests/foundation",
+    "name_real_services_and_commands (service and CLI command exist); keys create is tested in tests/e2e/test_cli.py",
 }
 
 

@@ -27,7 +27,7 @@ class Dataset(TimestampMixin, Base):
     __table_args__ = (sa.Index(None, "created_at"),)
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # ds-…
-    status: Mapped[str]  # DatasetStatus = mapped_column(sa.String(16), nullable=False, index=True)
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False, index=True)  # DatasetStatus
     # a trajectory source's name (app/datasets/sources.py: pushed, a game's) or file (an upload)
     source: Mapped[str] = mapped_column(sa.String(16), nullable=False)
     # what was asked: window ids or time range, scorer, group limits

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from app import errors
 from app.config import Settings
 from tests.conftest import asgi_client, make_settings
-from tests.foundation.support import create_test_app
+from tests.fixtures.support import create_test_app
 
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
 

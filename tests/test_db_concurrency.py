@@ -1,7 +1,7 @@
 """Concurrent writes through the API all succeed, on SQLite and on Postgres.
 
 Two routes: a test route that reads then writes in one transaction through the normal session
-dependency (tests/foundation/support.py), and the product's own POST /v1/trajectories.
+dependency (tests/fixtures/support.py), and the product's own POST /v1/trajectories.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from app.cli import build_parser
-from tests.foundation.support import REPO
+from tests.fixtures.support import REPO
 
 CONTRACT_SETTINGS = [
     "DATABASE_URL",
