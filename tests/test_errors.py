@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -298,3 +300,29 @@ class TestOneRendering:
         response = errors.error_response(error)
         assert response.status_code == 429
         assert response.body == errors.render_error(error)
+
+
+def _envelope_literals(path: Path) -> list[int]:
+    """Lines of dict literals shaped like the envelope: {"error": {"message": …}}."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if (
+                    isinstance(key, ast.Constant)
+                    and key.value == "error"
+                    and isinstance(value, ast.Dict)
+                    and any(isinstance(k, ast.Constant) and k.value == "message" for k in value.keys)
+                ):
+                    found.append(node.lineno)
+    return found
+
+
+def test_only_render_error_builds_the_envelope() -> None:
+    app_dir = Path(errors.__file__).parent
+    builders = {
+        f"{path.relative_to(app_dir)}:{line}"
+        for path in app_dir.rglob("*.py")
+        for line in _envelope_literals(path)
+    }
+    assert builders == {f"errors.py:{_envelope_literals(Path(errors.__file__))[0]}"}
