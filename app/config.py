@@ -206,5 +206,5 @@ def scrub_secret_env() -> None:
 
 @lru_cache
 def get_settings() -> Settings:
-    """Settings of this process (the CLI's entry point); the app keeps its own on app.state."""
+    """Settings of this process (the CLI's entry point); an app keeps its own in its AppState."""
     return load_settings()
