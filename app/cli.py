@@ -73,7 +73,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from app.main import install_game_adapters
     from app.worker.standalone import run_worker
+
+    install_game_adapters()  # the worker builds the games' datasets and hands them their jobs
 
     settings = _settings()
     configure_logging(settings.log_level, settings.log_format)
@@ -88,10 +91,28 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+DEV_TOOL_MISSING = (
+    "training-control {command}: `{command}` is a development tool (app_dev/), not part of this "
+    "installation (the production image leaves it out); run it from a source checkout after "
+    "`pip install -e '.[dev,demo]'`"
+)
+
+
+def _dev_tool_missing(command: str, exc: ModuleNotFoundError) -> int:
+    """The dev tools (app_dev/ and the `demo` extra) are absent: say so in one line."""
+    if not (exc.name or "").startswith(("app_dev", "rich")):
+        raise exc
+    print(DEV_TOOL_MISSING.format(command=command), file=sys.stderr)
+    return 2
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
-    # The only place in app/ that imports the emulator (a test double, never part of the service).
-    from app_dev.emulator import EmulatorConfig, EmulatorState
-    from app_dev.emulator.server import base_url_of, bind_socket, serve_forever
+    # app/ imports the development tools (app_dev/) here and in cmd_demo only, lazily.
+    try:
+        from app_dev.emulator import EmulatorConfig, EmulatorState
+        from app_dev.emulator.server import base_url_of, bind_socket, serve_forever
+    except ModuleNotFoundError as exc:
+        return _dev_tool_missing("emulator", exc)
 
     try:
         config = EmulatorConfig(
@@ -119,8 +140,11 @@ def cmd_emulator(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from app_dev.demo.output import Reporter
-    from app_dev.demo.runner import Demo, DemoOptions
+    try:
+        from app_dev.demo.output import Reporter
+        from app_dev.demo.runner import Demo, DemoOptions
+    except ModuleNotFoundError as exc:
+        return _dev_tool_missing("demo", exc)
 
     options = DemoOptions(
         workdir=Path(args.workdir).resolve(),

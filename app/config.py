@@ -14,7 +14,6 @@ import sqlalchemy as sa
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.babylon.settings import BabylonSettings
 from app.gateway.settings import InferenceSettings
 from app.outbound import OutboundSettings
 from app.training.settings import TrainingSettings, WorkerSettings
@@ -43,6 +42,16 @@ class HttpSettings(BaseModel):
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="request body limit of ordinary routes")
     max_upload_bytes: int = Field(512 * 1024 * 1024, gt=0, description="request body limit of /v1/files")
     access_log: bool = Field(False, description="log one line per request (method, path, status, duration)")
+
+
+class BabylonSettings(BaseModel):
+    """The Babylon game adapter's settings (env BABYLON__*). Described here with every other
+    setting so that one place reads and validates the environment; only app/babylon reads them."""
+
+    watch_batches: bool = Field(False, description="pick up training_batches rows with status='pending'")
+    watch_interval_s: float = Field(300.0, gt=0)
+    write_scores: bool = Field(False, description='write scores back to trajectories."aiJudgeReward"')
+    model_name: str = Field("babylon-agent", description="the long-lived W&B model name for game training")
 
 
 def _split_csv(value: object) -> object:
@@ -199,5 +208,5 @@ def scrub_secret_env() -> None:
 
 @lru_cache
 def get_settings() -> Settings:
-    """Settings of this process (the CLI's entry point); the app keeps its own on app.state."""
+    """Settings of this process (the CLI's entry point); an app keeps its own in its AppState."""
     return load_settings()

@@ -1,5 +1,13 @@
 """One error hierarchy, rendered everywhere as OpenAI's envelope:
 `{"error": {"message", "type", "param", "code"}}`.
+
+- Raise an `AppError` subclass (`BadRequest`, `NotFound`, …) with a `code` and, when a field is
+  at fault, `param`.
+- `render_error(error)` is the one function that turns an error into the envelope's bytes:
+  the app's exception handlers, the gateway's route class, the middleware (413 before the app
+  runs, last-resort 500) and errors sent in-band on an SSE stream all go through it.
+- Errors stored on rows (a failed dataset, job, step) are `StoredError`s, made by
+  `stored_error(...)` or `AppError.stored()`, and answered as `ErrorObject`.
 """
 
 from __future__ import annotations
@@ -7,21 +15,45 @@ from __future__ import annotations
 import email.message
 import http
 import logging
-from typing import Any
+from typing import Any, TypedDict
 
+import orjson
 from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from app.logs import current_request_id
 
 logger = logging.getLogger(__name__)
 
 
+class StoredError(TypedDict):
+    """An error kept on a row (JSON column): what went wrong, for the API to show later."""
+
+    code: str
+    message: str
+    param: str | None
+
+
+def stored_error(code: str, message: str, param: str | None = None) -> StoredError:
+    return {"code": code, "message": message, "param": param}
+
+
+class ErrorObject(BaseModel):
+    """A stored error in a response (`dataset.error`, `job.error`)."""
+
+    code: str
+    message: str
+    param: str | None = None
+
+
 class AppError(Exception):
+    """An error a client gets as the envelope. Subclasses fix the status and type; an instance
+    may set both when the status is decided at run time (e.g. relaying an upstream's)."""
+
     status_code = 500
     type = "server_error"
     default_code: str | None = None
@@ -33,12 +65,22 @@ class AppError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        status_code: int | None = None,
+        type_: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code if code is not None else self.default_code
         self.param = param
         self.headers = headers
+        if status_code is not None:
+            self.status_code = status_code
+        if type_ is not None:
+            self.type = type_
+
+    def stored(self, default_code: str = "error") -> StoredError:
+        """This error as kept on a row."""
+        return stored_error(self.code or default_code, self.message, self.param)
 
 
 class BadRequest(AppError):
@@ -47,10 +89,6 @@ class BadRequest(AppError):
 
 class Unauthorized(AppError):
     status_code, type, default_code = 401, "authentication_error", "invalid_api_key"
-
-
-class Forbidden(AppError):
-    status_code, type, default_code = 403, "permission_error", "forbidden"
 
 
 class NotFound(AppError):
@@ -81,26 +119,14 @@ class InvalidJSON(AppError):
     status_code, type, default_code = 400, "invalid_request_error", "invalid_json"
 
 
-class RateLimited(AppError):
-    status_code, type, default_code = 429, "rate_limit_error", "rate_limited"
-
-
 class InternalError(AppError):
     """An unexpected failure; the message must not carry internals."""
 
     status_code, type, default_code = 500, "server_error", "internal_error"
 
 
-class UpstreamError(AppError):
-    status_code, type, default_code = 502, "upstream_error", "upstream_error"
-
-
 class ServiceUnavailable(AppError):
     status_code, type, default_code = 503, "server_error", "service_unavailable"
-
-
-class UpstreamTimeout(AppError):
-    status_code, type, default_code = 504, "upstream_error", "upstream_timeout"
 
 
 class RequestBodyTooLarge(StarletteHTTPException):
@@ -126,29 +152,20 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-def error_body(
-    message: str, type_: str, *, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def error_response(
-    status: int,
-    message: str,
-    type_: str,
-    *,
-    param: str | None = None,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    return JSONResponse(
-        error_body(message, type_, param=param, code=code), status_code=status, headers=headers
+def render_error(error: AppError) -> bytes:
+    """The envelope of `error` as JSON bytes: the one rendering of every error."""
+    return orjson.dumps(
+        {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
     )
 
 
-def app_error_response(exc: AppError) -> JSONResponse:
-    return error_response(
-        exc.status_code, exc.message, exc.type, param=exc.param, code=exc.code, headers=exc.headers
+def error_response(error: AppError) -> Response:
+    """`error` as an HTTP response: its status, its headers, the envelope."""
+    return Response(
+        render_error(error),
+        status_code=error.status_code,
+        headers=error.headers,
+        media_type="application/json",
     )
 
 
@@ -181,7 +198,7 @@ async def _handle_app_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, AppError)
     if exc.status_code >= 500:
         logger.warning("request.failed status=%s code=%s message=%s", exc.status_code, exc.code, exc.message)
-    return app_error_response(exc)
+    return error_response(exc)
 
 
 _JSON_TYPES = ("application/json",)
@@ -243,16 +260,16 @@ async def _handle_validation_error(request: Request, exc: Exception) -> Response
     first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     if first.get("type") == "json_invalid":
         reason = first.get("ctx", {}).get("error", first.get("msg", "malformed"))
-        return app_error_response(InvalidJSON(f"request body is not valid JSON: {reason}"))
+        return error_response(InvalidJSON(f"request body is not valid JSON: {reason}"))
     body_error = _body_type_error(request, errors)
     if body_error is not None:
-        return app_error_response(body_error)
+        return error_response(body_error)
     param = _loc_to_param(first.get("loc", ()))
     msg = str(first.get("msg", "invalid request"))
     message = f"{param}: {msg}" if param else msg
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return app_error_response(Unprocessable(message, param=param))
+    return error_response(Unprocessable(message, param=param))
 
 
 def _is_default_detail(exc: StarletteHTTPException) -> bool:
@@ -281,30 +298,29 @@ async def _handle_http_exception(request: Request, exc: Exception) -> Response:
         error = Unauthorized(custom or "Missing or invalid API key.")
     else:
         type_ = "invalid_request_error" if status < 500 else "server_error"
-        return error_response(status, str(exc.detail), type_, code=None, headers=headers or None)
+        error = AppError(str(exc.detail), status_code=status, type_=type_)
     error.headers = headers or None
-    return app_error_response(error)
+    return error_response(error)
 
 
 async def _handle_integrity_error(_request: Request, exc: Exception) -> Response:
     # The message names constraints and values, not secrets; the client gets a generic line.
     logger.warning("db.integrity_error error=%s", str(exc).splitlines()[0])
-    return error_response(409, "the request conflicts with stored data", "conflict_error", code="conflict")
+    return error_response(Conflict("the request conflicts with stored data"))
 
 
 async def _handle_operational_error(_request: Request, exc: Exception) -> Response:
     logger.error("db.unavailable error=%s", exc)
     return error_response(
-        503, "the database is unavailable; retry later", "server_error", code="database_unavailable"
+        ServiceUnavailable("the database is unavailable; retry later", code="database_unavailable")
     )
 
 
-def internal_error_body() -> dict[str, Any]:
+def internal_error() -> InternalError:
     """What a client sees of an unexpected exception: the request id, no internals."""
-    error = InternalError(
+    return InternalError(
         f"The server had an error processing the request (request id {current_request_id()})."
     )
-    return error_body(error.message, error.type, code=error.code)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -12,8 +12,9 @@ from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute
 
 from app import migrations
+from app.adapters import GameAdapter, install
 from app.auth import require_api_key
-from app.babylon.router import router as train_router
+from app.babylon.adapter import ADAPTER as BABYLON
 from app.config import NO_API_KEY_MESSAGE, ConfigError, Settings, load_settings
 from app.datasets import lifecycle as datasets_lifecycle
 from app.datasets.router import router as datasets_router
@@ -21,6 +22,7 @@ from app.db import create_engine, create_sessionmaker
 from app.errors import error_responses, install_error_handlers
 from app.files.router import router as files_router
 from app.gateway import lifecycle as gateway_lifecycle
+from app.gateway.route import GatewayRoute
 from app.gateway.router import router as gateway_router
 from app.health.metrics import Metrics
 from app.health.router import router as health_router
@@ -28,8 +30,9 @@ from app.jobs.router import router as jobs_router
 from app.keys.service import Authenticator, count_active_keys
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware, StartupErrorMiddleware
-from app.registry.router import router as models_router
+from app.registry.router import create_router as create_models_router
 from app.scoring.router import router as scoring_router
+from app.state import AppState, app_state
 from app.trajectories.router import router as trajectories_router
 from app.worker import lifecycle as worker_lifecycle
 
@@ -46,17 +49,27 @@ Every route except `/health`, `/healthz`, `/readyz` and these docs needs
 """
 
 
+# The games this service is wired to. The core reaches them only through the interfaces in
+# app/adapters.py; this tuple (and the CLI's worker, which installs the same) is the one choice.
+GAME_ADAPTERS: tuple[GameAdapter, ...] = (BABYLON,)
+
+
+def install_game_adapters(adapters: Sequence[GameAdapter] = GAME_ADAPTERS) -> None:
+    for adapter in adapters:
+        install(adapter)
+
+
 def _operation_id(route: APIRoute) -> str:
     tag = route.tags[0] if route.tags else "default"
     return f"{tag}-{route.name}"
 
 
-async def _refuse_without_keys(app: FastAPI) -> None:
+async def _refuse_without_keys(state: AppState) -> None:
     """An API nobody can call, or (worse) a misconfigured one, must not start silently."""
-    settings: Settings = app.state.settings
+    settings = state.settings
     if settings.environment == "development" or settings.api_keys:
         return
-    async with app.state.sessionmaker() as session:
+    async with state.sessionmaker() as session:
         active = await count_active_keys(session)
     if active == 0:
         raise ConfigError(NO_API_KEY_MESSAGE)
@@ -64,23 +77,23 @@ async def _refuse_without_keys(app: FastAPI) -> None:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
+    state = app_state(app)
+    settings = state.settings
     if settings.migrate_on_start:
         await asyncio.to_thread(
             migrations.upgrade, settings.database_url, lock_timeout_s=settings.db.migrate_lock_timeout_s
         )
     engine = create_engine(settings)
-    app.state.engine = engine
-    app.state.sessionmaker = create_sessionmaker(engine)
-    app.state.authenticator = Authenticator(
-        [k.get_secret_value() for k in settings.api_keys],
-        app.state.sessionmaker,
-        ttl_s=settings.auth.key_cache_ttl_s,
+    sessionmaker = create_sessionmaker(engine)
+    authenticator = Authenticator(
+        [k.get_secret_value() for k in settings.api_keys], sessionmaker, ttl_s=settings.auth.key_cache_ttl_s
     )
+    state.open(engine, sessionmaker, authenticator)
     try:
-        await _refuse_without_keys(app)
+        await _refuse_without_keys(state)
     except BaseException:
         await engine.dispose()
+        state.close()
         raise
     try:
         await gateway_lifecycle.startup(app)
@@ -93,10 +106,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await datasets_lifecycle.shutdown(app)
         await gateway_lifecycle.shutdown(app)
         await engine.dispose()
+        state.close()
         logger.info("service.stopped")
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, adapters: Sequence[GameAdapter] = GAME_ADAPTERS) -> FastAPI:
     app = FastAPI(
         title="training-control",
         version="0.1.0",
@@ -107,13 +121,13 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
         responses=error_responses(500),
     )
-    app.state.settings = settings
-    app.state.engine = None
     metrics = Metrics()
-    app.state.metrics = metrics
-    metrics.watch_engine(lambda: app.state.engine)
+    state = AppState(settings, metrics)
+    state.attach(app)
+    metrics.watch_engine(lambda: state.engine_or_none)
 
     install_error_handlers(app)
+    install_game_adapters(adapters)
     protected: dict[str, Any] = {
         "dependencies": [Depends(require_api_key)],
         "responses": error_responses(400, 401, 413, 415, 422),
@@ -129,8 +143,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(scoring_router, **protected)
     app.include_router(datasets_router, **protected)
     app.include_router(jobs_router, **protected)
-    app.include_router(train_router, **protected)
-    app.include_router(models_router)
+    for adapter in adapters:
+        for router in adapter.routers:
+            app.include_router(router, **protected)
+    app.include_router(create_models_router(GatewayRoute))
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,

@@ -11,14 +11,12 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
 
-import orjson
 from fastapi import routing as fastapi_routing
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import ConfigError
-from app.errors import PayloadTooLarge, RequestBodyTooLarge, error_body, internal_error_body
+from app.errors import AppError, PayloadTooLarge, RequestBodyTooLarge, internal_error, render_error
 from app.health.metrics import Metrics
 from app.logs import reset_request_id, set_request_id
 
@@ -64,7 +62,7 @@ class RequestContextMiddleware:
         declared = _content_length(scope)
         try:
             if declared is not None and declared > limit:
-                await _send_json(send, 413, _too_large(limit), header_value)
+                await _send_error(send, _too_large(limit), header_value)
                 status_holder[0] = 413
                 return
 
@@ -94,14 +92,14 @@ class RequestContextMiddleware:
             except RequestBodyTooLarge:
                 # Raised outside the app's exception handlers (e.g. by another middleware).
                 if not started[0]:
-                    await _send_json(send, 413, _too_large(limit), header_value)
+                    await _send_error(send, _too_large(limit), header_value)
                     status_holder[0] = 413
             except Exception:
                 logger.exception(
                     "request.unhandled_exception method=%s path=%s", scope["method"], scope["path"]
                 )
                 if not started[0]:
-                    await _send_json(send, 500, internal_error_body(), header_value)
+                    await _send_error(send, internal_error(), header_value)
                 status_holder[0] = 500
         finally:
             elapsed = time.perf_counter() - start
@@ -151,17 +149,17 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _too_large(limit: int) -> dict[str, Any]:
-    error = PayloadTooLarge(RequestBodyTooLarge(limit).detail)
-    return error_body(error.message, error.type, code=error.code)
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(RequestBodyTooLarge(limit).detail)
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any], request_id: bytes) -> None:
-    payload = orjson.dumps(body)
+async def _send_error(send: Send, error: AppError, request_id: bytes) -> None:
+    """The error before (or instead of) the app's answer; the app's handlers never saw it."""
+    payload = render_error(error)
     await send(
         {
             "type": "http.response.start",
-            "status": status,
+            "status": error.status_code,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),

@@ -1,7 +1,11 @@
 """Cursor pages in OpenAI's list envelope: `{object: "list", data, has_more, first_id, last_id}`.
 
-Lists are ordered by (created_at, id) and paged with `after=<id of the last item seen>`
-(keyset pagination: no OFFSET scans, no gaps or repeats when rows are added meanwhile).
+One cursor form for every list: `after=<id of the last item seen>` (the page's `last_id`),
+keyset pagination on the list's order (no OFFSET scans, no gaps or repeats when rows are added
+meanwhile). Lists of rows with public string ids (`ftjob-…`, `file-…`, `ds-…`) order by
+(created_at, id): `cursor_anchor` + `after_row`. Lists whose items are numbered within their
+parent (a dataset's `grp-N`, `rej-N`, `score-N`) read the number back with `numbered_cursor`.
+An unknown cursor is a 400 `invalid_cursor`.
 """
 
 from __future__ import annotations
@@ -39,6 +43,29 @@ class ListPage(BaseModel, Generic[T]):
         return cls(
             data=data, has_more=has_more, first_id=ids[0] if ids else None, last_id=ids[-1] if ids else None
         )
+
+
+def invalid_cursor(after: str, expected: str) -> BadRequest:
+    return BadRequest(
+        f"after: {after!r} is not {expected}; pass the id of the last item seen (last_id)",
+        param="after",
+        code="invalid_cursor",
+    )
+
+
+def numbered_id(prefix: str, number: int) -> str:
+    """The public id of a numbered item: `grp-7`."""
+    return f"{prefix}-{number}"
+
+
+def numbered_cursor(after: str | None, prefix: str) -> int | None:
+    """The number in an `after` cursor of the form `<prefix>-N` (None without a cursor)."""
+    if after is None:
+        return None
+    head, sep, number = after.partition("-")
+    if head != prefix or not sep or not number.isdigit():
+        raise invalid_cursor(after, f"an id of the form {prefix}-N")
+    return int(number)
 
 
 async def cursor_anchor(session: AsyncSession, model: type[Row], after: str, *, what: str) -> Row:

@@ -28,11 +28,12 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app import migrations
 from app.config import Settings, load_settings
-from app.main import create_app
+from app.main import create_app, install_game_adapters
 from app.models import Base
 
 pytest_plugins = [
     "tests.fixtures.babylon",
+    "tests.fixtures.core",
     "tests.fixtures.emulator",
     "tests.fixtures.gateway",
     "tests.fixtures.pipeline",
@@ -44,6 +45,10 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.pop("WANDB_API_KEY", None)
+
+# What the composition root does in production: every test sees the game adapters installed,
+# whether or not it builds an app (a test that starts a Worker directly hands off jobs too).
+install_game_adapters()
 
 TEST_API_KEY = "test-key-" + "x" * 24
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

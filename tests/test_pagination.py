@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from app.pagination import numbered_cursor, numbered_id
+
 
 @pytest.mark.parametrize(
     ("path", "what"),
@@ -46,3 +48,26 @@ async def test_pages_follow_after_without_gaps_or_repeats(client: httpx.AsyncCli
             break
         params["after"] = page["last_id"]
     assert len(seen) == len(set(seen)) == 7
+
+
+@pytest.mark.parametrize(
+    ("path", "cursor"),
+    [
+        ("/v1/scores", "grp-1"),
+        ("/v1/scores", "score-x"),
+        ("/v1/scores", "7"),
+    ],
+)
+async def test_a_numbered_cursor_of_the_wrong_form_is_400_invalid_cursor(
+    client: httpx.AsyncClient, path: str, cursor: str
+) -> None:
+    response = await client.get(path, params={"after": cursor})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("invalid_cursor", "after")
+    assert "score-N" in error["message"]
+
+
+def test_numbered_ids_read_back_as_their_number() -> None:
+    assert numbered_cursor(numbered_id("grp", 12), "grp") == 12
+    assert numbered_cursor(None, "grp") is None

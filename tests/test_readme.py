@@ -12,6 +12,7 @@ import secrets
 import shlex
 import socket
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
 QUICK_START_SETUP = (
-    "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && .venv/bin/training-control demo"
+    "python3 -m venv .venv && .venv/bin/pip install -e '.[dev,demo]' && .venv/bin/training-control demo"
 )
 QUICK_START_TESTS = "bash .ci/run"
 
@@ -34,11 +35,11 @@ EXERCISED_ELSEWHERE = {
     "tests/e2e/test_demo.py runs the demo",
     QUICK_START_TESTS: "CI runs exactly this",
     "cp .env.example .env": "test_compose_walkthrough_commands_name_real_services_and_commands",
-    "docker compose up -d --build": "no Docker engine here; tests/foundation/test_containers.py checks the compose file",
+    "docker compose up -d --build": "no Docker engine here; tests/test_containers.py checks the compose file",
     'curl -H "Authorization: Bearer $API_KEY" http://localhost:8000/v1/models': "the Postgres walkthrough test "
     "calls /v1/models with the key the same way",
     "docker compose run --rm migrate training-control keys create my-client": "test_compose_walkthrough_commands_"
-    "name_real_services_and_commands (service and CLI command exist); keys create is tested in tests/foundation",
+    "name_real_services_and_commands (service and CLI command exist); keys create is tested in tests/e2e/test_cli.py",
 }
 
 
@@ -87,7 +88,23 @@ def test_every_readme_command_is_exercised() -> None:
 def test_ci_installs_like_the_quick_start() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert "python3 -m venv .venv" in ci
-    assert "pip install -q -e '.[dev]'" in ci or "pip install -e '.[dev]'" in ci
+    installed = re.search(r"pip install (?:-q )?-e '\.\[([a-z,]+)\]'", ci)
+    assert installed is not None, "CI installs the project with its extras"
+    # `dev` pulls in `demo` (pyproject.toml), so CI has at least what the quick start installs
+    extras = set(installed.group(1).split(","))
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in list(extras):
+        extras |= {
+            d.split("[", 1)[1].rstrip("]") for d in pyproject[extra] if d.startswith("training-control[")
+        }
+    assert extras >= {"dev", "demo"}
+
+
+def test_the_demo_tools_are_an_extra_not_a_runtime_dependency() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {re.split(r"[<>=~\[ ]", d, maxsplit=1)[0] for d in project["dependencies"]}
+    assert "rich" not in runtime
+    assert any(d.startswith("rich") for d in project["optional-dependencies"]["demo"])
 
 
 def test_compose_walkthrough_commands_name_real_services_and_commands() -> None:

@@ -15,16 +15,16 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.babylon import handoff
-from app.babylon.handoff import Batch
+from app.babylon.handoff import Batch, BatchStatus
+from app.babylon.source import create_babylon_dataset
 from app.config import Settings
-from app.datasets.service import create_babylon_dataset
 from app.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from app.ids import new_id
 from app.jobs.events import add_event
 from app.jobs.hyperparameters import Hyperparameters
 from app.jobs.models import VALIDATING, FineTuningJob
 
-STARTABLE_BATCH_STATUSES = ("pending", "failed")
+STARTABLE_BATCH_STATUSES = (BatchStatus.PENDING, BatchStatus.FAILED)
 
 
 def babylon_url(settings: Settings) -> str:

@@ -22,6 +22,7 @@ import orjson
 from orjson import JSONDecodeError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.babylon.conversation import add_logged_call, environment_messages, logged_call_conversations
 from app.babylon.reader import BabylonReader, Selection
 from app.babylon.score_writer import BabylonScoreWriter
 from app.babylon.steps import MISSING_AGENT, PLUGIN, RECORDER, RowRejected, load_steps
@@ -41,12 +42,7 @@ from app.datasets.stats import (
 )
 from app.scoring.registry import Scorer, ScoreRejected, ScoreResult, WindowContext
 from app.trajectories.art_shape import JsonDict, count_turns, trajectory_dict
-from app.trajectories.context import (
-    ConversationBuilder,
-    add_logged_call,
-    environment_messages,
-    logged_call_conversations,
-)
+from app.trajectories.context import ConversationBuilder
 
 logger = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 
 import asyncpg
 
@@ -26,6 +27,15 @@ HANDOFF_LOCK_KEY = 0x7472_6169_6E68  # "trainh"
 NOW_UTC = "(NOW() AT TIME ZONE 'UTC')"
 VERSION_PATTERN = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
 MODEL_ID_PREFIX = "babylon-agent-"
+
+
+class BatchStatus(StrEnum):
+    """`training_batches.status`, the game's values (the SQL below writes them as literals)."""
+
+    PENDING = "pending"
+    TRAINING = "training"
+    COMPLETED = "completed"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import orjson
 
 from app.babylon.connection import asyncpg_dsn
 from app.babylon.copy_binary import BinaryCopyDecoder, Row
-from app.scoring.registry import MarketOutcomes
+from app.babylon.scorers import MarketOutcomes
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from app.babylon.steps import action_type, to_number
@@ -22,8 +23,16 @@ from app.scoring.registry import (
     ScoreResult,
     TrajectoryScorer,
     WindowContext,
-    register_scorer,
 )
+
+
+@dataclass(frozen=True)
+class MarketOutcomes:
+    """A window's resolved markets (`market_outcomes`), the `WindowContext.outcomes` of the
+    game's scorers: prediction market id → YES/NO, and stock ticker → changePercent."""
+
+    predictions: dict[str, str] = field(default_factory=dict)
+    stocks: dict[str, float] = field(default_factory=dict)
 
 
 def _clamp01(x: float) -> float:
@@ -204,6 +213,8 @@ class BabylonLocalScorer:
         )
 
 
-RULER = register_scorer(BabylonRulerScorer())
-LOCAL = register_scorer(BabylonLocalScorer())
+# Registered by the game adapter (app/babylon/adapter.py), not on import.
+RULER = BabylonRulerScorer()
+LOCAL = BabylonLocalScorer()
+SCORERS = (RULER, LOCAL)
 DEFAULT_SCORER = RULER.name

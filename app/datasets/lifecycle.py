@@ -9,6 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.datasets.service import fail_stale_builds
 from app.datasets.tasks import cancel_builds
+from app.state import app_state
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ async def startup(app: FastAPI) -> None:
     # Best effort: the service must still start (and answer /health, /readyz with 503) while its
     # database is down or behind on migrations; POST /v1/datasets fails stale builds too.
     try:
-        async with app.state.sessionmaker() as session:
+        async with app_state(app).sessionmaker() as session:
             count = await fail_stale_builds(session)
             await session.commit()
     except (SQLAlchemyError, OSError) as exc:

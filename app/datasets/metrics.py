@@ -6,13 +6,14 @@ from fastapi import FastAPI
 from prometheus_client import Counter, Histogram
 
 from app.datasets.models import Dataset
+from app.state import app_state
 
 BUILD_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 
 
 class DatasetMetrics:
     def __init__(self, app: FastAPI) -> None:
-        registry = app.state.metrics.registry
+        registry = app_state(app).metrics.registry
         self.builds = Counter(
             "dataset_builds_total",
             "Dataset builds by source and final status.",
@@ -45,8 +46,8 @@ class DatasetMetrics:
 
 
 def dataset_metrics(app: FastAPI) -> DatasetMetrics:
-    existing: DatasetMetrics | None = getattr(app.state, "dataset_metrics", None)
+    existing: DatasetMetrics | None = app_state(app).dataset_metrics
     if existing is None:
         existing = DatasetMetrics(app)
-        app.state.dataset_metrics = existing
+        app_state(app).dataset_metrics = existing
     return existing

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, JSONType, TimestampMixin, UTCDateTime
+from app.errors import StoredError
+
+
+class DatasetStatus(StrEnum):
+    """A build's progress. Stored as a string column: a new status needs no ALTER TYPE."""
+
+    QUEUED = "queued"
+    BUILDING = "building"
+    READY = "ready"  # the only status whose groups jobs read
+    FAILED = "failed"  # `error` says why
 
 
 class Dataset(TimestampMixin, Base):
@@ -16,16 +27,15 @@ class Dataset(TimestampMixin, Base):
     __table_args__ = (sa.Index(None, "created_at"),)
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # ds-…
-    # queued | building | ready | failed
-    status: Mapped[str] = mapped_column(sa.String(16), nullable=False, index=True)
-    # babylon | pushed | file
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False, index=True)  # DatasetStatus
+    # a trajectory source's name (app/datasets/sources.py: pushed, a game's) or file (an upload)
     source: Mapped[str] = mapped_column(sa.String(16), nullable=False)
     # what was asked: window ids or time range, scorer, group limits
     params: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     # rows read/used/ignored/rejected by reason, groups kept/dropped by reason, reward stats, …
     stats: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
-    # {code, message} when status = failed
-    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # {code, message, param} when status = failed
+    error: Mapped[StoredError | None] = mapped_column(JSONType, nullable=True)
     group_count: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
     trajectory_count: Mapped[int] = mapped_column(sa.Integer, nullable=False, default=0)
     # assistant turns that are Choice objects with logprobs: what ART can actually train

@@ -1,4 +1,4 @@
-"""Dataset build from trajectories pushed over HTTP (`POST /v1/trajectories`).
+"""The generic trajectory source: trajectories pushed over HTTP (`POST /v1/trajectories`).
 
 Groups are the trajectories' `metadata.scenario_id`; rewards are the ones pushed. Rows are
 read in keyset pages ordered by scenario (short read transactions: on SQLite a long read
@@ -12,15 +12,16 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.config import Settings
 from app.datasets.captures import captured_trajectory_ids, captures_for, conversation_from_captures
 from app.datasets.grouping import Candidate, form_groups
-from app.datasets.schemas import DatasetCreate
 from app.datasets.snapshot import SnapshotWriter
+from app.datasets.sources import PUSHED
 from app.datasets.stats import (
     FROM_CAPTURES,
     FROM_PUSHED,
@@ -29,8 +30,12 @@ from app.datasets.stats import (
     NOT_SELECTED,
     BuildStats,
 )
+from app.errors import StoredError
 from app.trajectories.art_shape import count_turns
 from app.trajectories.models import PushedTrajectory
+
+if TYPE_CHECKING:  # the schemas import the source registry, which imports this module
+    from app.datasets.schemas import DatasetCreate
 
 PAGE = 2_000
 LOAD_CHUNK = 500
@@ -46,6 +51,33 @@ class _Summary:
     created_at: dt.datetime
 
 
+class PushedSource:
+    """Groups are the trajectories' `metadata.scenario_id`; rewards are the ones pushed."""
+
+    name = PUSHED
+    default_scorer: str | None = None
+
+    def check_params(self, params: DatasetCreate) -> None:
+        if params.window_ids is not None or params.trajectory_ids is not None:
+            raise ValueError("the pushed source selects by scenario_ids or a time range")
+
+    def prepare(self, settings: Settings, params: DatasetCreate) -> dict[str, Any]:
+        return {}
+
+    def build(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        settings: Settings,
+        dataset_id: str,
+        params: DatasetCreate,
+        stored: dict[str, Any],
+    ) -> PushedBuild:
+        return PushedBuild(sessionmaker, dataset_id, params)
+
+    def describe_error(self, exc: BaseException, settings: Settings) -> StoredError | None:
+        return None
+
+
 class PushedBuild:
     def __init__(
         self, sessionmaker: async_sessionmaker[AsyncSession], dataset_id: str, params: DatasetCreate
@@ -57,7 +89,7 @@ class PushedBuild:
         self.writer = SnapshotWriter(
             sessionmaker,
             dataset_id,
-            source="pushed",
+            source=PUSHED,
             scorer="pushed",
             scorer_version="1",
             max_listed_rejections=0,

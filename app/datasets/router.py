@@ -7,8 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from app.datasets import service
+from app.datasets import service, sources
 from app.datasets.schemas import (
+    GROUP_PREFIX,
+    REJECTION_PREFIX,
     DatasetCreate,
     DatasetGroupObject,
     DatasetObject,
@@ -16,8 +18,8 @@ from app.datasets.schemas import (
 )
 from app.datasets.tasks import start_build
 from app.deps import SessionDep, SettingsDep
-from app.errors import BadRequest, error_responses
-from app.pagination import ListPage
+from app.errors import Unprocessable, error_responses
+from app.pagination import ListPage, numbered_cursor
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -49,8 +51,11 @@ async def list_datasets(
     session: SessionDep,
     after: str | None = None,
     limit: Limit = 20,
-    source: Annotated[str | None, Query(pattern="^(babylon|pushed|file)$")] = None,
+    source: Annotated[str | None, Query(max_length=64, description="pushed, file or a game's source")] = None,
 ) -> ListPage[DatasetObject]:
+    if source is not None and source != sources.FILE and source not in sources.source_names():
+        names = ", ".join([*sources.source_names(), sources.FILE])
+        raise Unprocessable(f"source: unknown source {source!r}; available: {names}", param="source")
     rows, has_more = await service.list_datasets(session, after=after, limit=limit, source=source)
     data = [DatasetObject.from_row(r) for r in rows]
     return ListPage.of(data, has_more)
@@ -59,17 +64,6 @@ async def list_datasets(
 @router.get("/{dataset_id}", response_model=DatasetObject, responses=error_responses(404))
 async def retrieve_dataset(dataset_id: str, session: SessionDep) -> DatasetObject:
     return DatasetObject.from_row(await service.get_dataset(session, dataset_id))
-
-
-def _position_of(group_id: str) -> int:
-    prefix = "grp-"
-    if not group_id.startswith(prefix) or not group_id[len(prefix) :].isdigit():
-        raise BadRequest(
-            f"invalid group cursor {group_id!r}; use a group id such as 'grp-7'",
-            param="after",
-            code="invalid_cursor",
-        )
-    return int(group_id[len(prefix) :])
 
 
 @router.get(
@@ -81,28 +75,15 @@ async def list_groups(
     dataset_id: str,
     session: SessionDep,
     after: Annotated[str | None, Query(description="id of the last group seen (grp-N)")] = None,
-    offset: Annotated[int | None, Query(ge=0, description="or: the first position to return")] = None,
     limit: Limit = 20,
 ) -> ListPage[DatasetGroupObject]:
     """Groups in position order, each with its rewards and ART-ready trajectories."""
     dataset = await service.get_dataset(session, dataset_id)
     service.ensure_ready(dataset)
-    if after is not None and offset is not None:
-        raise BadRequest("use either after or offset", param="offset")
-    start = _position_of(after) + 1 if after is not None else offset or 0
+    last = numbered_cursor(after, GROUP_PREFIX)
+    start = last + 1 if last is not None else 0
     rows = await service.list_group_rows(session, dataset_id, start=start, limit=limit + 1)
-    data = [
-        DatasetGroupObject(
-            id=f"grp-{r.position}",
-            dataset_id=dataset_id,
-            position=r.position,
-            scenario_id=r.scenario_id,
-            rewards=r.rewards,
-            trainable_turns=r.trainable_turns,
-            trajectories=r.trajectories,
-        )
-        for r in rows[:limit]
-    ]
+    data = [DatasetGroupObject.from_row(r) for r in rows[:limit]]
     return ListPage.of(data, len(rows) > limit)
 
 
@@ -120,23 +101,8 @@ async def list_rejections(
 ) -> ListPage[DatasetRejectionObject]:
     """The game rows the build could not use, each with its reason code and what was wrong."""
     await service.get_dataset(session, dataset_id)
-    after_id: int | None = None
-    if after is not None:
-        if not after.startswith("rej-") or not after[4:].isdigit():
-            raise BadRequest(f"invalid rejection cursor {after!r}", param="after", code="invalid_cursor")
-        after_id = int(after[4:])
     rows, has_more = await service.list_rejections(
-        session, dataset_id, reason=reason, after=after_id, limit=limit
+        session, dataset_id, reason=reason, after=numbered_cursor(after, REJECTION_PREFIX), limit=limit
     )
-    data = [
-        DatasetRejectionObject(
-            id=f"rej-{r.id}",
-            trajectory_id=r.trajectory_id,
-            window_id=r.window_id,
-            agent_id=r.agent_id,
-            reason=r.reason,
-            detail=r.detail,
-        )
-        for r in rows
-    ]
+    data = [DatasetRejectionObject.from_row(r) for r in rows]
     return ListPage.of(data, has_more)

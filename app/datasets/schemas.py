@@ -7,9 +7,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from app.babylon.scorers import DEFAULT_SCORER
+from app.datasets import sources
 from app.datasets.grouping import GroupRules
+from app.datasets.models import Dataset, DatasetGroup, DatasetRejection, DatasetStatus
 from app.db import to_unix
+from app.errors import ErrorObject
+from app.pagination import numbered_id
+
+GROUP_PREFIX, REJECTION_PREFIX = "grp", "rej"
 
 Identifier = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
@@ -21,9 +26,11 @@ class DatasetCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["babylon", "pushed"] = Field(
-        "babylon",
-        description="`babylon`: the game's Postgres; `pushed`: trajectories sent to POST /v1/trajectories",
+    source: str = Field(
+        default_factory=sources.default_source,
+        max_length=64,
+        description="`pushed`: trajectories sent to POST /v1/trajectories; a game adapter's source "
+        "(`babylon`: the game's Postgres, the default when it is installed)",
     )
     window_ids: list[Identifier] | None = Field(
         None, max_length=100_000, description="Babylon window ids `YYYY-MM-DDTHH:00`"
@@ -35,7 +42,9 @@ class DatasetCreate(BaseModel):
     trajectory_ids: list[Identifier] | None = Field(None, max_length=1_000_000)
     scenario_ids: list[Identifier] | None = Field(None, max_length=100_000, description="pushed source only")
     include_used: bool = Field(False, description='also rows with "usedInTraining" = true')
-    scorer: str = Field(DEFAULT_SCORER, max_length=64, description="see GET /v1/scorers (babylon source)")
+    scorer: str | None = Field(
+        None, max_length=64, description="see GET /v1/scorers; default: the source's (babylon: babylon_ruler)"
+    )
     scorer_version: str | None = Field(None, max_length=32, description="default: the newest")
     min_agents: int = Field(3, ge=1, le=10_000, description="distinct agents a group needs")
     max_group_size: int = Field(8, ge=2, le=1_000)
@@ -65,6 +74,12 @@ class DatasetCreate(BaseModel):
             drop_equal_rewards=self.drop_equal_rewards,
         )
 
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        sources.get_source(value)  # ValueError naming the available ones
+        return value
+
     @field_validator("start_time", "end_time")
     @classmethod
     def _utc(cls, value: dt.datetime | None) -> dt.datetime | None:
@@ -90,32 +105,26 @@ class DatasetCreate(BaseModel):
             raise ValueError("start_time must be before end_time")
         if self.min_agents > self.max_group_size:
             raise ValueError("min_agents cannot exceed max_group_size: every group would be dropped")
-        if self.source == "pushed" and (self.window_ids is not None or self.trajectory_ids is not None):
-            raise ValueError("the pushed source selects by scenario_ids or a time range")
-        if self.source == "babylon" and self.scenario_ids is not None:
-            raise ValueError("scenario_ids select pushed trajectories (source='pushed')")
         for ids in (self.window_ids, self.trajectory_ids, self.scenario_ids):
             if ids is not None and not ids:
                 raise ValueError("an id list must not be empty")
+        source = sources.get_source(self.source)
+        source.check_params(self)
+        if self.scorer is None:
+            self.scorer = source.default_scorer
         return self
-
-
-class DatasetError(BaseModel):
-    code: str
-    message: str
-    param: str | None = None
 
 
 class DatasetObject(BaseModel):
     id: str
     object: Literal["dataset"] = "dataset"
-    status: str = Field(description="queued | building | ready | failed")
-    source: str = Field(description="babylon | pushed | file")
+    status: DatasetStatus
+    source: str = Field(description="pushed | file | a game adapter's source (babylon)")
     created_at: int
     finished_at: int | None
     params: dict[str, Any]
     stats: dict[str, Any]
-    error: DatasetError | None
+    error: ErrorObject | None
     group_count: int
     trajectory_count: int
     trainable_turns: int = Field(
@@ -123,16 +132,16 @@ class DatasetObject(BaseModel):
     )
 
     @classmethod
-    def from_row(cls, row: Any) -> DatasetObject:
+    def from_row(cls, row: Dataset) -> DatasetObject:
         return cls(
             id=row.id,
-            status=row.status,
+            status=DatasetStatus(row.status),
             source=row.source,
             created_at=to_unix(row.created_at) or 0,
             finished_at=to_unix(row.finished_at),
             params=row.params or {},
             stats=row.stats or {},
-            error=DatasetError.model_validate(row.error) if row.error else None,
+            error=ErrorObject.model_validate(row.error) if row.error else None,
             group_count=row.group_count,
             trajectory_count=row.trajectory_count,
             trainable_turns=row.trainable_turns,
@@ -149,6 +158,18 @@ class DatasetGroupObject(BaseModel):
     trainable_turns: int
     trajectories: list[dict[str, Any]] = Field(description='art.Trajectory(...).model_dump(mode="json") each')
 
+    @classmethod
+    def from_row(cls, row: DatasetGroup) -> DatasetGroupObject:
+        return cls(
+            id=numbered_id(GROUP_PREFIX, row.position),
+            dataset_id=row.dataset_id,
+            position=row.position,
+            scenario_id=row.scenario_id,
+            rewards=row.rewards,
+            trainable_turns=row.trainable_turns,
+            trajectories=row.trajectories,
+        )
+
 
 class DatasetRejectionObject(BaseModel):
     id: str
@@ -158,3 +179,14 @@ class DatasetRejectionObject(BaseModel):
     agent_id: str | None
     reason: str
     detail: str | None
+
+    @classmethod
+    def from_row(cls, row: DatasetRejection) -> DatasetRejectionObject:
+        return cls(
+            id=numbered_id(REJECTION_PREFIX, row.id),
+            trajectory_id=row.trajectory_id,
+            window_id=row.window_id,
+            agent_id=row.agent_id,
+            reason=row.reason,
+            detail=row.detail,
+        )

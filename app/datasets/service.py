@@ -1,8 +1,7 @@
 """Datasets: create, build, read. The interface other features rely on:
 
-- `resolve_training_file(session, "file-…" | "ds-…") -> Dataset`
 - `list_group_rows(session, dataset_id, start=, limit=) -> [DatasetGroup]` (by position)
-- `create_babylon_dataset(session, settings, params) -> Dataset` (status "queued"; flushes)
+- `create_dataset(session, settings, params) -> Dataset` (status "queued"; flushes)
 - `build_dataset(sessionmaker, settings, dataset_id) -> Dataset` (awaitable inline)
 """
 
@@ -14,29 +13,24 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import asyncpg
 import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.babylon.dataset_build import BabylonBuild
 from app.config import Settings
-from app.datasets.models import Dataset, DatasetGroup, DatasetRejection
-from app.datasets.pushed_build import PushedBuild
+from app.datasets.models import Dataset, DatasetGroup, DatasetRejection, DatasetStatus
 from app.datasets.schemas import DatasetCreate
 from app.datasets.snapshot import SnapshotWriter
+from app.datasets.sources import DatasetBuild, TrajectorySource, get_source
 from app.datasets.stats import BuildStats
 from app.db import utcnow
-from app.errors import AppError, BadRequest, Conflict, NotFound
-from app.files.models import File
+from app.errors import AppError, BadRequest, Conflict, NotFound, StoredError, stored_error
 from app.ids import new_id
 from app.pagination import after_row, created_order, cursor_anchor, fetch_page
-from app.scoring.registry import get_scorer
 
 logger = logging.getLogger(__name__)
 
-QUEUED, BUILDING, READY, FAILED = "queued", "building", "ready", "failed"
-# a build refreshes its heartbeat at least every 20 s (babylon_build.HEARTBEAT_EVERY_S)
+# a build refreshes its heartbeat at least every 20 s (a source's builder flushes that often)
 STALE_BUILD_AFTER_S = 600.0
 
 
@@ -44,31 +38,6 @@ async def get_dataset(session: AsyncSession, dataset_id: str) -> Dataset:
     dataset = await session.get(Dataset, dataset_id)
     if dataset is None:
         raise NotFound(f"no dataset with id {dataset_id!r}", param="dataset_id", code="dataset_not_found")
-    return dataset
-
-
-async def resolve_training_file(session: AsyncSession, file_or_dataset_id: str) -> Dataset:
-    """The dataset a job's `training_file` names: a `ds-…` id, or a `file-…` id (an uploaded
-    fine-tune JSONL, stored as a dataset with source="file" when it was uploaded).
-
-    Raises NotFound(param="training_file", code="file_not_found") for an unknown id or a file
-    whose dataset is gone. The dataset may not be ready yet: check `status` ("ready").
-    """
-
-    def missing() -> NotFound:
-        return NotFound(
-            f"no file or dataset with id {file_or_dataset_id!r}", param="training_file", code="file_not_found"
-        )
-
-    if file_or_dataset_id.startswith("file-"):
-        file = await session.get(File, file_or_dataset_id)
-        if file is None or file.dataset_id is None:
-            raise missing()
-        dataset = await session.get(Dataset, file.dataset_id)
-    else:
-        dataset = await session.get(Dataset, file_or_dataset_id)
-    if dataset is None:
-        raise missing()
     return dataset
 
 
@@ -91,28 +60,14 @@ async def list_group_rows(
     return list((await session.scalars(query)).all())
 
 
-def _check_buildable(settings: Settings, params: DatasetCreate) -> None:
-    if params.source == "babylon":
-        if not settings.babylon_database_url:
-            raise BadRequest(
-                "the Babylon source is not configured: set BABYLON_DATABASE_URL to the game's Postgres",
-                param="source",
-                code="babylon_not_configured",
-            )
-        get_scorer(params.scorer, params.scorer_version)
-
-
 async def create_dataset(session: AsyncSession, settings: Settings, params: DatasetCreate) -> Dataset:
-    """A queued dataset row for these parameters (validated: source configured, scorer known).
-    The caller commits, then builds it (`build_dataset`) inline or in the background."""
-    _check_buildable(settings, params)
-    stored = params.model_dump(mode="json")
-    if params.source == "babylon":
-        scorer = get_scorer(params.scorer, params.scorer_version)
-        stored["scorer_version"] = scorer.version  # pin "newest" at creation: a rebuild scores the same way
-        if params.write_scores is None:
-            stored["write_scores"] = settings.babylon.write_scores
-    dataset = Dataset(id=new_id("ds"), status=QUEUED, source=params.source, params=stored, stats={})
+    """A queued dataset row for these parameters, validated by its source (configured, scorer
+    known). The caller commits, then builds it (`build_dataset`) inline or in the background."""
+    source = get_source(params.source)
+    stored = {**params.model_dump(mode="json"), **source.prepare(settings, params)}
+    dataset = Dataset(
+        id=new_id("ds"), status=DatasetStatus.QUEUED, source=params.source, params=stored, stats={}
+    )
     session.add(dataset)
     await session.flush()
     return dataset
@@ -132,30 +87,14 @@ def parse_params(params: DatasetCreate | Mapping[str, Any]) -> DatasetCreate:
         ) from None
 
 
-async def create_babylon_dataset(
-    session: AsyncSession, settings: Settings, params: DatasetCreate | Mapping[str, Any]
-) -> Dataset:
-    """A queued dataset built from the game's Postgres (`params.source` must be "babylon").
-
-    `params` (a DatasetCreate or an equivalent dict) selects rows by `window_ids`, `start_time`/`end_time` or `trajectory_ids` (a
-    `training_batches` row's JSON list), with `include_used`, `scorer`, `min_agents`,
-    `max_group_size`, `drop_equal_rewards`. Raises BadRequest `babylon_not_configured` when
-    BABYLON_DATABASE_URL is unset and `unknown_scorer` for a scorer that is not registered.
-    """
-    parsed = parse_params(params)
-    if parsed.source != "babylon":
-        raise BadRequest("create_babylon_dataset builds from the game's database", param="source")
-    return await create_dataset(session, settings, parsed)
-
-
 async def _claim(sessionmaker: async_sessionmaker[AsyncSession], dataset_id: str) -> Dataset | None:
     """Move a queued dataset to building; None if it was not queued (someone else has it)."""
     async with sessionmaker() as session:
         now = utcnow()
         result = await session.execute(
             sa.update(Dataset)
-            .where(Dataset.id == dataset_id, Dataset.status == QUEUED)
-            .values(status=BUILDING, heartbeat_at=now)
+            .where(Dataset.id == dataset_id, Dataset.status == DatasetStatus.QUEUED)
+            .values(status=DatasetStatus.BUILDING, heartbeat_at=now)
         )
         await session.commit()
         if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -168,20 +107,20 @@ async def _finish(
     dataset_id: str,
     *,
     stats: BuildStats | None = None,
-    error: dict[str, Any] | None = None,
+    error: StoredError | None = None,
 ) -> Dataset:
     async with sessionmaker() as session:
         dataset = await get_dataset(session, dataset_id)
         dataset.finished_at = utcnow()
         dataset.heartbeat_at = dataset.finished_at
         if error is not None:
-            dataset.status = FAILED
+            dataset.status = DatasetStatus.FAILED
             dataset.error = error
             dataset.stats = stats.to_dict() if stats is not None else {}
             dataset.group_count = dataset.trajectory_count = dataset.trainable_turns = 0
         else:
             assert stats is not None
-            dataset.status = READY
+            dataset.status = DatasetStatus.READY
             dataset.error = None
             dataset.stats = stats.to_dict()
             dataset.group_count = stats.groups_kept
@@ -191,23 +130,11 @@ async def _finish(
         return dataset
 
 
-def _redact(message: str, url: str | None) -> str:
-    """Drivers may quote parts of the connection string; the game DB's password never leaves."""
-    if url:
-        password = sa.engine.make_url(url).password
-        if password:
-            message = message.replace(str(password), "***")
-    return message
-
-
-def _error_of(exc: BaseException, babylon_url: str | None) -> dict[str, Any]:
+def _error_of(exc: BaseException, source: TrajectorySource | None, settings: Settings) -> StoredError:
     if isinstance(exc, AppError):
-        return {"code": exc.code or "build_failed", "message": exc.message, "param": exc.param}
-    if isinstance(exc, (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)):
-        message = f"reading the game's database failed: {type(exc).__name__}: {exc}"
-        return {"code": "babylon_unavailable", "message": _redact(message, babylon_url)[:500], "param": None}
-    message = _redact(f"{type(exc).__name__}: {exc}", babylon_url)
-    return {"code": "build_failed", "message": message[:500], "param": None}
+        return exc.stored(default_code="build_failed")
+    described = source.describe_error(exc, settings) if source is not None else None
+    return described or stored_error("build_failed", f"{type(exc).__name__}: {exc}"[:500])
 
 
 async def build_dataset(
@@ -224,40 +151,25 @@ async def build_dataset(
     if dataset is None:
         async with sessionmaker() as session:
             return await get_dataset(session, dataset_id)
-    params = DatasetCreate.model_validate(
-        {k: v for k, v in dataset.params.items() if k in DatasetCreate.model_fields}
-    )
-    build: BabylonBuild | PushedBuild | None = None
+    build: DatasetBuild | None = None
+    source: TrajectorySource | None = None
     try:
-        if params.source == "babylon":
-            _check_buildable(settings, params)
-            assert settings.babylon_database_url is not None
-            write_back = bool(dataset.params.get("write_scores"))
-            build = BabylonBuild(
-                sessionmaker,
-                settings.babylon_database_url,
-                dataset_id,
-                params,
-                get_scorer(params.scorer, params.scorer_version),
-                write_back=write_back,
-            )
-        else:
-            build = PushedBuild(sessionmaker, dataset_id, params)
+        params = DatasetCreate.model_validate(
+            {k: v for k, v in dataset.params.items() if k in DatasetCreate.model_fields}
+        )
+        source = get_source(params.source)
+        build = source.build(sessionmaker, settings, dataset_id, params, dataset.params)
         stats = await build.run()
     except asyncio.CancelledError:
         await _fail_quietly(
             sessionmaker,
             dataset_id,
             build,
-            {
-                "code": "build_cancelled",
-                "message": "the build was cancelled (service shutdown?)",
-                "param": None,
-            },
+            stored_error("build_cancelled", "the build was cancelled (service shutdown?)"),
         )
         raise
     except Exception as exc:
-        error = _error_of(exc, settings.babylon_database_url)
+        error = _error_of(exc, source, settings)
         if error["code"] == "build_failed":
             logger.exception("datasets.build_failed dataset_id=%s", dataset_id)
         else:
@@ -285,8 +197,8 @@ async def build_dataset(
 async def _fail_quietly(
     sessionmaker: async_sessionmaker[AsyncSession],
     dataset_id: str,
-    build: BabylonBuild | PushedBuild | None,
-    error: dict[str, Any],
+    build: DatasetBuild | None,
+    error: StoredError,
 ) -> None:
     try:
         writer = (
@@ -308,17 +220,15 @@ async def fail_stale_builds(session: AsyncSession, *, stale_after_s: float = STA
     result = await session.execute(
         sa.update(Dataset)
         .where(
-            Dataset.status.in_((QUEUED, BUILDING)),
+            Dataset.status.in_((DatasetStatus.QUEUED, DatasetStatus.BUILDING)),
             sa.func.coalesce(Dataset.heartbeat_at, Dataset.created_at) < cutoff,
         )
         .values(
-            status=FAILED,
+            status=DatasetStatus.FAILED,
             finished_at=utcnow(),
-            error={
-                "code": "build_interrupted",
-                "message": "the build stopped without finishing; create the dataset again",
-                "param": None,
-            },
+            error=stored_error(
+                "build_interrupted", "the build stopped without finishing; create the dataset again"
+            ),
         )
         .execution_options(synchronize_session=False)
     )
@@ -339,7 +249,7 @@ async def list_datasets(
 
 
 def ensure_ready(dataset: Dataset) -> None:
-    if dataset.status != READY:
+    if dataset.status != DatasetStatus.READY:
         raise Conflict(
             f"dataset {dataset.id} is {dataset.status}; its groups are readable once it is ready",
             param="dataset_id",

@@ -16,20 +16,18 @@ from fastapi import FastAPI
 from app.datasets.metrics import dataset_metrics
 from app.datasets.models import Dataset
 from app.datasets.service import build_dataset
+from app.state import app_state
 
 logger = logging.getLogger(__name__)
 
 
 def _tasks(app: FastAPI) -> set[asyncio.Task[object]]:
-    tasks: set[asyncio.Task[object]] | None = getattr(app.state, "dataset_builds", None)
-    if tasks is None:
-        tasks = set()
-        app.state.dataset_builds = tasks
-    return tasks
+    return app_state(app).dataset_builds
 
 
 async def _build_and_observe(app: FastAPI, dataset_id: str) -> Dataset:
-    dataset = await build_dataset(app.state.sessionmaker, app.state.settings, dataset_id)
+    state = app_state(app)
+    dataset = await build_dataset(state.sessionmaker, state.settings, dataset_id)
     dataset_metrics(app).observe(dataset)
     return dataset
 

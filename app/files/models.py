@@ -3,10 +3,16 @@ so the file row keeps only its metadata; its groups live in `dataset_groups`."""
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, TimestampMixin
+
+
+class FileStatus(StrEnum):
+    PROCESSED = "processed"  # validated and stored as a dataset (OpenAI's name)
 
 
 class File(TimestampMixin, Base):
@@ -16,7 +22,7 @@ class File(TimestampMixin, Base):
     filename: Mapped[str] = mapped_column(sa.String(255), nullable=False)
     purpose: Mapped[str] = mapped_column(sa.String(32), nullable=False, index=True)
     bytes: Mapped[int] = mapped_column(sa.BigInteger, nullable=False)
-    status: Mapped[str] = mapped_column(sa.String(16), nullable=False)  # processed
+    status: Mapped[str] = mapped_column(sa.String(16), nullable=False)  # FileStatus
     # the snapshot built from the file's groups (None only while it is being written)
     dataset_id: Mapped[str | None] = mapped_column(
         sa.String(40), sa.ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True

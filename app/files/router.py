@@ -12,6 +12,7 @@ from app.errors import BadRequest, error_responses
 from app.files import service
 from app.files.schemas import FileDeleted, FileObject
 from app.pagination import ListPage
+from app.state import app_state
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -29,7 +30,7 @@ async def create_file(
     if not file.filename:
         raise BadRequest("the upload has no filename", param="file", code="invalid_file")
     row = await service.upload_file(
-        request.app.state.sessionmaker, file.file, filename=file.filename, purpose=purpose
+        app_state(request.app).sessionmaker, file.file, filename=file.filename, purpose=purpose
     )
     return FileObject.from_row(row)
 
@@ -68,5 +69,5 @@ async def file_content(file_id: str, request: Request, session: SessionDep) -> S
     # open transaction here would hold SQLite's lock (every transaction begins IMMEDIATE)
     await session.rollback()
     return StreamingResponse(
-        service.file_lines(request.app.state.sessionmaker, dataset_id), media_type="application/jsonl"
+        service.file_lines(app_state(request.app).sessionmaker, dataset_id), media_type="application/jsonl"
     )

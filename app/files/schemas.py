@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from app.db import to_unix
-from app.files.models import File
+from app.files.models import File, FileStatus
 
 
 class FileObject(BaseModel):
@@ -17,7 +17,7 @@ class FileObject(BaseModel):
     created_at: int
     filename: str
     purpose: str
-    status: str = Field(description="processed: validated and stored as a dataset")
+    status: FileStatus = Field(description="processed: validated and stored as a dataset")
     status_details: str | None = None
     expires_at: int | None = None
     dataset_id: str | None = Field(description="the dataset (source=file) holding the file's groups")
@@ -30,7 +30,7 @@ class FileObject(BaseModel):
             created_at=to_unix(row.created_at) or 0,
             filename=row.filename,
             purpose=row.purpose,
-            status=row.status,
+            status=FileStatus(row.status),
             dataset_id=row.dataset_id,
         )
 

@@ -16,13 +16,14 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.datasets.models import Dataset, DatasetGroup
+from app.datasets.models import Dataset, DatasetGroup, DatasetStatus
 from app.datasets.snapshot import SnapshotWriter
+from app.datasets.sources import FILE
 from app.datasets.stats import FROM_FILE, BuildStats
 from app.db import utcnow
 from app.errors import BadRequest, NotFound
 from app.files.jsonl import GroupReader, LineError
-from app.files.models import File
+from app.files.models import File, FileStatus
 from app.ids import new_id
 from app.pagination import after_row, created_order, cursor_anchor, fetch_page
 from app.trajectories.art_shape import count_turns
@@ -52,8 +53,8 @@ async def upload_file(
         session.add(
             Dataset(
                 id=dataset_id,
-                status="building",
-                source="file",
+                status=DatasetStatus.BUILDING,
+                source=FILE,
                 params={"file_id": file_id},
                 stats={},
                 heartbeat_at=utcnow(),
@@ -61,7 +62,7 @@ async def upload_file(
         )
         await session.commit()
     writer = SnapshotWriter(
-        sessionmaker, dataset_id, source="file", scorer="", scorer_version="", max_listed_rejections=0
+        sessionmaker, dataset_id, source=FILE, scorer="", scorer_version="", max_listed_rejections=0
     )
     stats = BuildStats()
     reader = GroupReader(stream)
@@ -101,7 +102,7 @@ async def upload_file(
     async with sessionmaker() as session:
         dataset = await session.get(Dataset, dataset_id)
         assert dataset is not None
-        dataset.status = "ready"
+        dataset.status = DatasetStatus.READY
         dataset.stats = stats.to_dict()
         dataset.group_count = stats.groups_kept
         dataset.trajectory_count = stats.rows_used
@@ -112,7 +113,7 @@ async def upload_file(
             filename=filename[:255],
             purpose=purpose,
             bytes=reader.bytes,
-            status="processed",
+            status=FileStatus.PROCESSED,
             dataset_id=dataset_id,
         )
         session.add(file)
@@ -125,6 +126,31 @@ async def _remove(sessionmaker: async_sessionmaker[AsyncSession], dataset_id: st
         await session.execute(sa.delete(DatasetGroup).where(DatasetGroup.dataset_id == dataset_id))
         await session.execute(sa.delete(Dataset).where(Dataset.id == dataset_id))
         await session.commit()
+
+
+async def resolve_training_file(session: AsyncSession, file_or_dataset_id: str) -> Dataset:
+    """The dataset a job's `training_file` names: a `ds-…` id, or a `file-…` id (an uploaded
+    fine-tune JSONL, stored as a dataset with source="file" when it was uploaded).
+
+    Raises NotFound(param="training_file", code="file_not_found") for an unknown id or a file
+    whose dataset is gone. The dataset may not be ready yet: check `status` (DatasetStatus.READY).
+    """
+
+    def missing() -> NotFound:
+        return NotFound(
+            f"no file or dataset with id {file_or_dataset_id!r}", param="training_file", code="file_not_found"
+        )
+
+    if file_or_dataset_id.startswith("file-"):
+        file = await session.get(File, file_or_dataset_id)
+        if file is None or file.dataset_id is None:
+            raise missing()
+        dataset = await session.get(Dataset, file.dataset_id)
+    else:
+        dataset = await session.get(Dataset, file_or_dataset_id)
+    if dataset is None:
+        raise missing()
+    return dataset
 
 
 async def get_file(session: AsyncSession, file_id: str) -> File:

@@ -18,6 +18,7 @@ from app.gateway.upstream import UpstreamClient
 from app.gateway.writer import BatchWriter, sweep_request_log
 from app.outbound import Outbound
 from app.registry.resolution import ModelResolver
+from app.state import app_state
 
 logger = logging.getLogger(__name__)
 
@@ -26,27 +27,21 @@ _FIRST_SWEEP_DELAY_S = 60.0
 
 def _metrics(app: FastAPI) -> GatewayMetrics:
     # One set of collectors per app registry, even if the lifespan runs twice.
-    existing: GatewayMetrics | None = getattr(app.state, "gateway_metrics", None)
+    existing: GatewayMetrics | None = app_state(app).gateway_metrics
     if existing is None:
-        existing = GatewayMetrics(app.state.metrics.registry)
-        app.state.gateway_metrics = existing
+        existing = GatewayMetrics(app_state(app).metrics.registry)
+        app_state(app).gateway_metrics = existing
     return existing
 
 
 async def startup(app: FastAPI) -> None:
-    settings: Settings = app.state.settings
+    settings: Settings = app_state(app).settings
     cfg = settings.inference
     metrics = _metrics(app)
     outbound = Outbound.for_url(settings.wandb_base_url, settings.outbound)
     upstream = open_upstream(settings, outbound)
-    resolver = ModelResolver(
-        app.state.sessionmaker,
-        allowed_base_models=settings.training.allowed_base_models,
-        best_metric=settings.training.best_metric,
-        fallback_default=cfg.fallback_to_base_model,
-        ttl_s=cfg.resolve_cache_ttl_s,
-    )
-    engine = app.state.engine
+    resolver = ModelResolver.from_settings(app_state(app).sessionmaker, settings)
+    engine = app_state(app).engine
 
     def writer(table: sa.Table) -> BatchWriter:
         return BatchWriter(
@@ -63,8 +58,8 @@ async def startup(app: FastAPI) -> None:
     captures.start()
     if request_log is not None:
         request_log.start()
-    app.state.gateway = Gateway(settings, upstream, resolver, metrics, captures, request_log)
-    app.state.gateway_retention = (
+    app_state(app).gateway = Gateway(settings, upstream, resolver, metrics, captures, request_log)
+    app_state(app).gateway_retention = (
         asyncio.create_task(_retention_loop(app), name="gateway-retention")
         if cfg.request_log and cfg.request_log_retention_days > 0
         else None
@@ -110,12 +105,12 @@ def _table(model: type[CapturedCompletion] | type[GatewayRequest]) -> sa.Table:
 
 
 async def _retention_loop(app: FastAPI) -> None:
-    cfg = app.state.settings.inference
+    cfg = app_state(app).settings.inference
     await asyncio.sleep(min(_FIRST_SWEEP_DELAY_S, cfg.retention_interval_s))
     while True:
         try:
             deleted = await sweep_request_log(
-                app.state.engine,
+                app_state(app).engine,
                 retention_days=cfg.request_log_retention_days,
                 batch_size=cfg.retention_batch_size,
             )
@@ -128,16 +123,16 @@ async def _retention_loop(app: FastAPI) -> None:
 
 async def shutdown(app: FastAPI) -> None:
     """Stop the sweep, write every pending capture and log row, close upstream connections."""
-    retention: asyncio.Task[None] | None = getattr(app.state, "gateway_retention", None)
+    retention: asyncio.Task[None] | None = app_state(app).gateway_retention
     if retention is not None:
         retention.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await retention
-    gateway: Gateway | None = getattr(app.state, "gateway", None)
+    gateway: Gateway | None = app_state(app).gateway
     if gateway is None:
         return
     await gateway.captures.stop()
     if gateway.request_log is not None:
         await gateway.request_log.stop()
     await gateway.upstream.aclose()
-    app.state.gateway = None
+    app_state(app).gateway = None

@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from app.config import Settings
-from app.errors import BadRequest, error_body
+from app.errors import BadRequest, render_error
 from app.gateway.capture import CaptureTarget, StreamAssembler, capture_row, parse_metadata, strip_logprobs
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.upstream import UpstreamClient, UpstreamError, UpstreamResponse
@@ -44,7 +44,8 @@ from app.gateway.upstream_errors import (
 )
 from app.gateway.writer import BatchWriter
 from app.logs import current_request_id
-from app.registry.resolution import ModelResolver, Resolution, base_model_upstream_name, model_not_found
+from app.registry.resolution import ModelResolver, Resolution, base_model_upstream_name
+from app.registry.service import model_not_found
 
 logger = logging.getLogger(__name__)
 
@@ -540,9 +541,7 @@ class StreamRelay(Response):
         logger.warning(
             "gateway.stream_failed code=%s model=%s error=%s", failure.code, self.call.model_served, exc
         )
-        event = (
-            b"data: " + orjson.dumps(error_body(failure.message, failure.type, code=failure.code)) + b"\n\n"
-        )
+        event = b"data: " + render_error(failure) + b"\n\n"
         await send({"type": "http.response.body", "body": event, "more_body": True})
 
     def _whole_events(self, data: bytes) -> bytes:

@@ -18,11 +18,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from app.auth import authenticate
-from app.errors import AppError, app_error_response
-from app.gateway.proxy import CLIENT_CLOSED_STATUS, ClientClosed, Gateway, GatewayCall, StreamRelay
+from app.errors import AppError, error_response
+from app.gateway.proxy import CLIENT_CLOSED_STATUS, ClientClosed, GatewayCall, StreamRelay
+from app.state import app_state
 
 CALL_SCOPE_KEY = "gateway.call"
-BEARER_SECURITY: dict[str, Any] = {"security": [{"HTTPBearer": []}]}
 
 
 def gateway_call(request: Request) -> GatewayCall:
@@ -44,17 +44,17 @@ class GatewayRoute(APIRoute):
         async def handler(request: Request) -> Response:
             call = GatewayCall(start=time.perf_counter(), route=log_route or self.name)
             request.scope[CALL_SCOPE_KEY] = call
-            app_state = request.app.state
-            gateway: Gateway | None = getattr(app_state, "gateway", None)
+            state = app_state(request.app)
+            gateway = state.gateway
             try:
-                principal = await authenticate(app_state.authenticator, request.headers.get("authorization"))
+                principal = await authenticate(state.authenticator, request.headers.get("authorization"))
                 call.key_id = principal.key_id
                 request.state.principal = principal
                 response = await (endpoint(request) if endpoint is not None else original(request))
             except AppError as exc:
                 if call.error_code is None:
                     call.error_code = exc.code
-                response = app_error_response(exc)
+                response = error_response(exc)
             except ClientDisconnect:  # gone while sending its body: nobody to answer
                 call.error_code = "client_disconnected"
                 response = ClientClosed()

@@ -12,10 +12,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from app.auth import BEARER_SECURITY
 from app.errors import error_responses
-from app.gateway.proxy import Gateway
-from app.gateway.route import BEARER_SECURITY, GatewayRoute, LoggedGatewayRoute, gateway_call
+from app.gateway.route import GatewayRoute, LoggedGatewayRoute, gateway_call
 from app.gateway.schemas import CHAT_REQUEST_SCHEMA
+from app.state import app_state
 
 router = APIRouter(tags=["inference"], route_class=GatewayRoute)
 
@@ -27,7 +28,8 @@ async def chat_completions(request: Request) -> Response:
     A request whose `metadata` has `trajectory_id` is captured as training data: the sampled
     choice with its logprobs (which are removed from the answer unless `logprobs` was asked
     for). `metadata` is never forwarded upstream."""
-    gateway: Gateway = request.app.state.gateway
+    gateway = app_state(request.app).gateway
+    assert gateway is not None, "the gateway runs while the app serves"
     return await gateway.chat_completions(request, gateway_call(request))
 
 

@@ -74,9 +74,7 @@ class GatewayUpstreamError(AppError):
         param: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message, code=code, param=param, headers=headers)
-        self.status_code = status
-        self.type = type_
+        super().__init__(message, code=code, param=param, headers=headers, status_code=status, type_=type_)
 
 
 def relayed_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from app.auth import require_api_key
 from app.errors import error_responses
 from app.migrations import current_revisions, head_revisions
+from app.state import app_state
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ router = APIRouter(tags=["health"])
 
 async def _database_ok(request: Request) -> bool:
     try:
-        async with request.app.state.engine.connect() as conn:
+        async with app_state(request.app).engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
         return True
     except Exception as exc:
@@ -41,7 +42,7 @@ async def health(request: Request) -> JSONResponse:
     body: dict[str, Any] = {
         "status": "healthy" if ok else "unhealthy",
         "database": "connected" if ok else "disconnected",
-        "wandb": "configured" if request.app.state.settings.wandb_configured else "not_configured",
+        "wandb": "configured" if app_state(request.app).settings.wandb_configured else "not_configured",
         "timestamp": dt.datetime.now(dt.UTC).isoformat(),
     }
     return JSONResponse(body, status_code=200 if ok else 503)
@@ -62,7 +63,7 @@ async def readyz(request: Request) -> JSONResponse:
     """Ready when the database answers and its schema is at the newest migration."""
     checks: dict[str, str] = {}
     try:
-        async with request.app.state.engine.connect() as conn:
+        async with app_state(request.app).engine.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
             current = await conn.run_sync(current_revisions)
         checks["database"] = "ok"
@@ -89,4 +90,4 @@ async def readyz(request: Request) -> JSONResponse:
 )
 async def metrics(request: Request) -> Response:
     """Request counts and latency by route template and status, DB pool, and feature metrics."""
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(app_state(request.app).metrics.render(), media_type=CONTENT_TYPE_LATEST)

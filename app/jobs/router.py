@@ -21,6 +21,7 @@ from app.jobs.schemas import (
     event_object,
     job_object,
 )
+from app.state import app_state
 
 router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"])
 
@@ -29,7 +30,7 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 
 
 def wake_worker(request: Request) -> None:
-    worker = getattr(request.app.state, "worker", None)
+    worker = app_state(request.app).worker
     if worker is not None:
         worker.wake()
 

@@ -15,12 +15,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
-from app.datasets.models import Dataset
-from app.datasets.service import resolve_training_file
+from app.datasets.models import Dataset, DatasetStatus
 from app.db import utcnow
 from app.errors import BadRequest, Conflict, NotFound
+from app.files.service import resolve_training_file
 from app.ids import new_id
-from app.jobs import webhooks
+from app.jobs import handoff, webhooks
 from app.jobs.events import add_event
 from app.jobs.hyperparameters import Hyperparameters, resolve_hyperparameters
 from app.jobs.models import (
@@ -34,7 +34,8 @@ from app.jobs.models import (
 from app.jobs.schemas import CreateJobRequest
 from app.jobs.states import transition
 from app.pagination import after_row, created_order, cursor_anchor, fetch_page
-from app.registry.models import Checkpoint, ServedModel
+from app.registry import service as registry
+from app.registry.models import Checkpoint
 
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 METADATA_MAX_PAIRS, METADATA_MAX_KEY, METADATA_MAX_VALUE = 16, 64, 512
@@ -86,14 +87,14 @@ async def resolve_dataset(session: AsyncSession, training_file: str) -> Dataset:
 
 def check_dataset_trainable(dataset: Dataset, training_file: str) -> None:
     """Raise BadRequest unless the dataset is built and has something ART can train."""
-    if dataset.status == "failed":
-        reason = (dataset.error or {}).get("message", "unknown reason")
+    if dataset.status == DatasetStatus.FAILED:
+        reason = dataset.error["message"] if dataset.error else "unknown reason"
         raise BadRequest(
             f"training file {training_file} failed to build: {reason}",
             param="training_file",
             code="training_file_failed",
         )
-    if dataset.status != "ready":
+    if dataset.status != DatasetStatus.READY:
         raise BadRequest(
             f"training file {training_file} is not ready yet (status {dataset.status}); "
             "retry when it is ready",
@@ -199,12 +200,10 @@ async def find_by_idempotency_key(
 
 
 async def _check_model_line(session: AsyncSession, settings: Settings, name: str, base_model: str) -> None:
-    query = sa.select(ServedModel).where(
-        ServedModel.project == settings.wandb_project, ServedModel.name == name
+    lines = await registry.model_lines_named(
+        session, project=settings.wandb_project, name=name, entity=settings.wandb_entity
     )
-    if settings.wandb_entity:
-        query = query.where(ServedModel.entity == settings.wandb_entity)
-    for line in (await session.scalars(query)).all():
+    for line in lines:
         if line.base_model != base_model:
             raise BadRequest(
                 f"model line {name!r} is trained from {line.base_model}, not {base_model}; "
@@ -361,19 +360,9 @@ async def list_checkpoints(
 ) -> tuple[list[Checkpoint], bool]:
     """The job's checkpoints, newest step first; deleted ones (retention) only when asked."""
     await get_job(session, job_id)
-    query = sa.select(Checkpoint).where(Checkpoint.job_id == job_id)
-    if not include_deleted:
-        query = query.where(Checkpoint.deleted_at.is_(None))
-    if after is not None:
-        anchor = await session.scalar(
-            sa.select(Checkpoint).where(Checkpoint.id == after, Checkpoint.job_id == job_id)
-        )
-        if anchor is None:
-            raise BadRequest(
-                f"after: no checkpoint {after!r} in this job", param="after", code="invalid_cursor"
-            )
-        query = query.where(Checkpoint.step < anchor.step)
-    return await fetch_page(session, query.order_by(Checkpoint.step.desc()), limit)
+    return await registry.job_checkpoints(
+        session, job_id, after=after, limit=limit, include_deleted=include_deleted
+    )
 
 
 async def cancel_job(session: AsyncSession, settings: Settings, job_id: str) -> FineTuningJob:
@@ -412,8 +401,7 @@ async def finish_job(
     """Terminal transition + its event, webhook deliveries and pending game hand-off, in one flush."""
     transition(job, status)
     job.error = error
-    if job.babylon_batch_id is not None:
-        job.handoff_status = "pending"
+    await handoff.mark_pending(session, job)
     add_event(
         session,
         job.id,

@@ -1,4 +1,6 @@
-"""Aliases that move as steps finish (`latest`, `best`) and the checkpoint retention policy.
+"""The registry's rules: which checkpoint is `latest` and which is `best` (one rule, used by
+the aliases that move as steps finish and by name resolution when no alias row is stored), and
+the checkpoint retention policy.
 
 Retention keeps, per model line: the latest checkpoint, the best one by
 `TRAINING__BEST_METRIC`, the last `TRAINING__KEEP_LAST_CHECKPOINTS`, and anything an alias
@@ -10,6 +12,9 @@ stateless container keeps only the latest (art-serverless.md §7.7), so the poli
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,12 +24,48 @@ from app.db import utcnow
 from app.registry.models import Checkpoint, ModelAlias, ServedModel
 from app.registry.service import set_alias
 
+COMPUTED_ALIASES = ("latest", "best")
+
+
+@dataclass(frozen=True, slots=True)
+class BestRule:
+    """What `best` means: the checkpoint with the highest (`max`) or lowest (`min`) `metric`."""
+
+    metric: str = "reward_mean"
+    mode: Literal["max", "min"] = "max"
+
+    @classmethod
+    def of(cls, settings: Settings) -> BestRule:
+        return cls(settings.training.best_metric, settings.training.best_metric_mode)
+
 
 def metric_value(ckpt: Checkpoint, metric: str) -> float | None:
     value = (ckpt.metrics or {}).get(metric)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         return None
     return float(value)
+
+
+def pick_best(ckpts: Sequence[Checkpoint], metric: str, mode: str) -> Checkpoint | None:
+    """Best by `metric` (ties: the later step); None when no checkpoint has the metric."""
+    scored = [(v, c.step, c) for c in ckpts if (v := metric_value(c, metric)) is not None]
+    if not scored:
+        return None
+    if mode == "min":
+        return min(scored, key=lambda t: (t[0], -t[1]))[2]
+    return max(scored, key=lambda t: (t[0], t[1]))[2]
+
+
+def computed_alias(ckpts: Sequence[Checkpoint], alias: str, rule: BestRule) -> Checkpoint | None:
+    """`latest` or `best` among live checkpoints (ordered by step) without a stored alias row:
+    latest is the highest step; best is `pick_best` by the rule, or the latest when no
+    checkpoint has the metric. None only when there is no checkpoint."""
+    if not ckpts:
+        return None
+    latest = max(ckpts, key=lambda c: c.step)
+    if alias == "latest":
+        return latest
+    return pick_best(ckpts, rule.metric, rule.mode) or latest
 
 
 async def live_checkpoints(session: AsyncSession, model: ServedModel) -> list[Checkpoint]:
@@ -36,28 +77,20 @@ async def live_checkpoints(session: AsyncSession, model: ServedModel) -> list[Ch
     return list(rows.all())
 
 
-def pick_best(ckpts: list[Checkpoint], metric: str, mode: str) -> Checkpoint | None:
-    """Best by `metric` (ties: the later step); None when no checkpoint has the metric."""
-    scored = [(v, c.step, c) for c in ckpts if (v := metric_value(c, metric)) is not None]
-    if not scored:
-        return None
-    if mode == "min":
-        return min(scored, key=lambda t: (t[0], -t[1]))[2]
-    return max(scored, key=lambda t: (t[0], t[1]))[2]
-
-
 async def move_aliases(
     session: AsyncSession, settings: Settings, model: ServedModel
 ) -> dict[str, Checkpoint]:
     """Point `latest` at the newest checkpoint and `best` at the best one (latest if none is scored)."""
     ckpts = await live_checkpoints(session, model)
-    if not ckpts:
-        return {}
-    latest = ckpts[-1]
-    best = pick_best(ckpts, settings.training.best_metric, settings.training.best_metric_mode) or latest
-    await set_alias(session, model, "latest", latest)
-    await set_alias(session, model, "best", best)
-    return {"latest": latest, "best": best}
+    rule = BestRule.of(settings)
+    moved: dict[str, Checkpoint] = {}
+    for alias in COMPUTED_ALIASES:
+        ckpt = computed_alias(ckpts, alias, rule)
+        if ckpt is None:
+            return {}
+        await set_alias(session, model, alias, ckpt)
+        moved[alias] = ckpt
+    return moved
 
 
 async def retention_candidates(

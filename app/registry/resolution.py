@@ -12,9 +12,11 @@ Accepted names (the first that matches wins):
 | `wandb-artifact:///<e>/<p>/<name>`, `<name>` | the model's `latest` (before its first checkpoint: the bare URI, as ART sends it) |
 | `<name>:step<N>` | step N of that model |
 
-`latest` and `best` work without an alias row: `latest` is the highest step not deleted, `best`
-the checkpoint with the highest `settings.training.best_metric`. An alias row of that name,
-when present, wins. Anything else is 404 `model_not_found`.
+`latest` and `best` work without an alias row, by the registry's one rule
+(`policy.computed_alias`): `latest` is the highest step not deleted, `best` the checkpoint
+with the best `TRAINING__BEST_METRIC` in `TRAINING__BEST_METRIC_MODE` (the latest when none
+has the metric). An alias row of that name, when present, wins. Anything else is 404
+`model_not_found`.
 
 `ModelResolver` caches answers for `resolve_cache_ttl_s` (1 s by default) so the hot path does
 not query the database per request, while alias moves made by any process sharing the
@@ -26,18 +28,38 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.errors import AppError, NotFound
-from app.registry.models import Checkpoint, ModelAlias, ServedModel
+from app.config import Settings
+from app.errors import AppError
+from app.registry import service
+from app.registry.models import Checkpoint, ServedModel
+from app.registry.policy import COMPUTED_ALIASES, BestRule, computed_alias, live_checkpoints
+from app.registry.service import ARTIFACT_PREFIX, model_not_found
 
-ARTIFACT_PREFIX = "wandb-artifact:///"
 MAX_NAME_LENGTH = 500
 _STEP_TAG = re.compile(r"^step(\d{1,9})$")
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """What a requested model name means right now."""
+
+    requested: str
+    upstream_model: str  # the concrete name sent upstream
+    base_model: str | None = None  # what a fallback would serve (None for base models)
+    model_id: str | None = None
+    checkpoint_id: str | None = None
+    step: int | None = None
+    deleted: bool = False  # the checkpoint is gone (deleted_at set)
+    fallback: bool = False  # serve base_model when the checkpoint is gone
+
+    @property
+    def is_base_model(self) -> bool:
+        return self.model_id is None
 
 
 # What goes upstream, as openpipe-art 0.5.18 itself names it (sources in .venv/lib/python3.11/
@@ -62,46 +84,24 @@ def model_line_upstream_name(model: ServedModel) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Resolution:
-    """What a requested model name means right now."""
+class ResolveRules:
+    """The settings resolution depends on."""
 
-    requested: str
-    upstream_model: str  # the concrete name sent upstream
-    base_model: str | None = None  # what a fallback would serve (None for base models)
-    model_id: str | None = None
-    checkpoint_id: str | None = None
-    step: int | None = None
-    deleted: bool = False  # the checkpoint is gone (deleted_at set)
-    fallback: bool = False  # serve base_model when the checkpoint is gone
-
-    @property
-    def is_base_model(self) -> bool:
-        return self.model_id is None
-
-
-def model_not_found(name: str, detail: str | None = None) -> NotFound:
-    message = f"The model {name!r} does not exist"
-    message += f": {detail}" if detail else "."
-    return NotFound(message, param="model", code="model_not_found")
-
-
-@dataclass(frozen=True, slots=True)
-class _Rules:
     allowed_base_models: frozenset[str]
-    best_metric: str
-    fallback_default: bool
+    best: BestRule = field(default_factory=BestRule)
+    fallback_default: bool = False
+
+    @classmethod
+    def of(cls, settings: Settings) -> ResolveRules:
+        return cls(
+            frozenset(settings.training.allowed_base_models),
+            BestRule.of(settings),
+            settings.inference.fallback_to_base_model,
+        )
 
 
-async def resolve_model(
-    session: AsyncSession,
-    name: str,
-    *,
-    allowed_base_models: list[str] | frozenset[str],
-    best_metric: str = "reward_mean",
-    fallback_default: bool = False,
-) -> Resolution:
+async def resolve_model(session: AsyncSession, name: str, rules: ResolveRules) -> Resolution:
     """Resolve `name` (any form in the module docstring); NotFound `model_not_found` if unknown."""
-    rules = _Rules(frozenset(allowed_base_models), best_metric, fallback_default)
     if not name or len(name) > MAX_NAME_LENGTH:
         raise model_not_found(name[:80])
     if name in rules.allowed_base_models:
@@ -116,18 +116,10 @@ async def resolve_model(
     if name.startswith(ARTIFACT_PREFIX):
         return await _from_artifact_name(session, name, rules)
     model_name, _, tag = name.rpartition(":") if ":" in name else (name, "", "")
-    model = await _model_by_name(session, model_name)
+    model = await service.model_line_by_name(session, model_name)
     if model is None:
         raise model_not_found(name)
     return await _from_tag(session, name, model, tag or None, rules)
-
-
-async def _model_by_name(session: AsyncSession, name: str) -> ServedModel | None:
-    # Several entities/projects may hold the same model name: the oldest line wins, as in
-    # app.registry.service.get_model_by_name; the wandb-artifact form names one exactly.
-    return await session.scalar(
-        sa.select(ServedModel).where(ServedModel.name == name).order_by(ServedModel.created_at).limit(1)
-    )
 
 
 def _parse_artifact(name: str) -> tuple[str, str, str, str | None] | None:
@@ -143,7 +135,7 @@ def _parse_artifact(name: str) -> tuple[str, str, str, str | None] | None:
     return entity, project, model_name, tag or None
 
 
-async def _from_artifact_name(session: AsyncSession, name: str, rules: _Rules) -> Resolution:
+async def _from_artifact_name(session: AsyncSession, name: str, rules: ResolveRules) -> Resolution:
     # The concrete form is what jobs report as fine_tuned_model: one indexed lookup.
     ckpt = await session.scalar(sa.select(Checkpoint).where(Checkpoint.artifact_name == name))
     if ckpt is not None:
@@ -152,22 +144,14 @@ async def _from_artifact_name(session: AsyncSession, name: str, rules: _Rules) -
     if parsed is None:
         raise model_not_found(name, "expected wandb-artifact:///<entity>/<project>/<name>[:<alias or stepN>]")
     entity, project, model_name, tag = parsed
-    model = await session.scalar(
-        sa.select(ServedModel).where(
-            ServedModel.entity == entity, ServedModel.project == project, ServedModel.name == model_name
-        )
-    )
+    model = await service.model_line(session, entity=entity, project=project, name=model_name)
     if model is None:
         raise model_not_found(name)
     return await _from_tag(session, name, model, tag, rules)
 
 
-async def _from_job(session: AsyncSession, name: str, rules: _Rules) -> Resolution:
-    rows = (
-        await session.scalars(
-            sa.select(Checkpoint).where(Checkpoint.job_id == name).order_by(Checkpoint.step.desc())
-        )
-    ).all()
+async def _from_job(session: AsyncSession, name: str, rules: ResolveRules) -> Resolution:
+    rows, _ = await service.job_checkpoints(session, name)
     if not rows:
         raise model_not_found(name, "the job has no checkpoint (yet)")
     alive = [c for c in rows if c.deleted_at is None]
@@ -175,7 +159,7 @@ async def _from_job(session: AsyncSession, name: str, rules: _Rules) -> Resoluti
 
 
 async def _from_tag(
-    session: AsyncSession, name: str, model: ServedModel, tag: str | None, rules: _Rules
+    session: AsyncSession, name: str, model: ServedModel, tag: str | None, rules: ResolveRules
 ) -> Resolution:
     step_match = _STEP_TAG.match(tag) if tag else None
     if step_match:
@@ -188,13 +172,9 @@ async def _from_tag(
             raise model_not_found(name, f"model {model.name!r} has no checkpoint at {tag}")
         return _resolution(name, model, ckpt, rules)
     alias = tag or "latest"
-    ckpt = await session.scalar(
-        sa.select(Checkpoint)
-        .join(ModelAlias, ModelAlias.checkpoint_id == Checkpoint.id)
-        .where(ModelAlias.model_id == model.id, ModelAlias.alias == alias)
-    )
-    if ckpt is None and alias in ("latest", "best"):
-        ckpt = await _computed_alias(session, model, alias, rules.best_metric)
+    ckpt = await service.aliased_checkpoint(session, model, alias)
+    if ckpt is None and alias in COMPUTED_ALIASES:
+        ckpt = computed_alias(await live_checkpoints(session, model), alias, rules.best)
         if ckpt is None and not await _has_checkpoints(session, model):
             return Resolution(
                 requested=name,
@@ -206,7 +186,7 @@ async def _from_tag(
     if ckpt is None:
         detail = (
             f"model {model.name!r} has no checkpoint yet"
-            if alias in ("latest", "best")
+            if alias in COMPUTED_ALIASES
             else f"model {model.name!r} has no alias {alias!r}"
         )
         raise model_not_found(name, detail)
@@ -218,41 +198,16 @@ async def _has_checkpoints(session: AsyncSession, model: ServedModel) -> bool:
     return found is not None
 
 
-async def _computed_alias(
-    session: AsyncSession, model: ServedModel, alias: str, best_metric: str
-) -> Checkpoint | None:
-    rows = (
-        await session.scalars(
-            sa.select(Checkpoint)
-            .where(Checkpoint.model_id == model.id, Checkpoint.deleted_at.is_(None))
-            .order_by(Checkpoint.step.desc())
-        )
-    ).all()
-    if not rows:
-        return None
-    if alias == "latest":
-        return rows[0]
-    scored = [(c, _metric(c.metrics, best_metric)) for c in rows]
-    with_metric = [(c, v) for c, v in scored if v is not None]
-    if not with_metric:
-        return None
-    # ties go to the newer step (rows are newest first and max keeps the first maximum)
-    return max(with_metric, key=lambda cv: cv[1])[0]
-
-
-def _metric(metrics: dict[str, Any] | None, key: str) -> float | None:
-    value = (metrics or {}).get(key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-async def _from_checkpoint(session: AsyncSession, name: str, ckpt: Checkpoint, rules: _Rules) -> Resolution:
+async def _from_checkpoint(
+    session: AsyncSession, name: str, ckpt: Checkpoint, rules: ResolveRules
+) -> Resolution:
     model = await session.get(ServedModel, ckpt.model_id)
     if model is None:  # the FK makes this impossible; say so clearly if it happens anyway
         raise model_not_found(name, "its model line is missing")
     return _resolution(name, model, ckpt, rules)
 
 
-def _resolution(name: str, model: ServedModel, ckpt: Checkpoint, rules: _Rules) -> Resolution:
+def _resolution(name: str, model: ServedModel, ckpt: Checkpoint, rules: ResolveRules) -> Resolution:
     return Resolution(
         requested=name,
         upstream_model=ckpt.artifact_name,
@@ -271,25 +226,27 @@ class ModelResolver:
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
+        rules: ResolveRules,
         *,
-        allowed_base_models: list[str],
-        best_metric: str,
-        fallback_default: bool,
         ttl_s: float,
         max_entries: int = 10_000,
     ) -> None:
         self._sessionmaker = sessionmaker
-        self._base_models = frozenset(allowed_base_models)
-        self._best_metric = best_metric
-        self._fallback_default = fallback_default
+        self._rules = rules
         self._ttl_s = ttl_s
         self._max_entries = max_entries
         self._cache: dict[str, tuple[float, Resolution | AppError]] = {}
         self._inflight: dict[str, asyncio.Future[Resolution | AppError]] = {}
         self._generation = 0
 
+    @classmethod
+    def from_settings(
+        cls, sessionmaker: async_sessionmaker[AsyncSession], settings: Settings
+    ) -> ModelResolver:
+        return cls(sessionmaker, ResolveRules.of(settings), ttl_s=settings.inference.resolve_cache_ttl_s)
+
     async def resolve(self, name: str) -> Resolution:
-        if name in self._base_models:
+        if name in self._rules.allowed_base_models:
             return Resolution(requested=name, upstream_model=base_model_upstream_name(name))
         now = time.monotonic()
         cached = self._cache.get(name)
@@ -310,13 +267,7 @@ class ModelResolver:
         generation = self._generation
         try:
             async with self._sessionmaker() as session:
-                result: Resolution | AppError = await resolve_model(
-                    session,
-                    name,
-                    allowed_base_models=self._base_models,
-                    best_metric=self._best_metric,
-                    fallback_default=self._fallback_default,
-                )
+                result: Resolution | AppError = await resolve_model(session, name, self._rules)
         except AppError as exc:
             result = exc
         except BaseException as exc:

@@ -1,74 +1,86 @@
 """Model routes: /v1/models, /v1/models/{id}, alias moves.
 
-They use the gateway's route class: auth in the route (as on the hot path) and the
-`x-gateway-overhead-ms` header on every answer, 401s included.
+They are served with the gateway's route class (auth in the route, as on the hot path, and the
+`x-gateway-overhead-ms` header on every answer, 401s included). The registry sits below the
+gateway, so the composition root hands that class in: `create_router(GatewayRoute)`.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
+from app.auth import BEARER_SECURITY
 from app.deps import SessionDep, SettingsDep
 from app.errors import error_responses
-from app.gateway.proxy import Gateway
-from app.gateway.route import BEARER_SECURITY, GatewayRoute
-from app.registry.catalog import alias_object, list_models, point_alias, resolved_model_object
-from app.registry.resolution import model_not_found
+from app.registry.catalog import list_models
+from app.registry.resolution import ModelResolver
 from app.registry.schemas import AliasObject, AliasRequest, ModelList, ModelObject
+from app.registry.service import model_not_found, point_alias
+from app.state import app_state
 
-router = APIRouter(tags=["inference"], route_class=GatewayRoute)
+
+def _resolver(request: Request) -> ModelResolver:
+    return app_state(request.app).resolver
 
 
-@router.get(
-    "/v1/models",
-    summary="List models",
-    response_model=ModelList,
-    responses=error_responses(401),
-    openapi_extra=BEARER_SECURITY,
-)
-async def models_list(session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+async def models_list(session: SessionDep, settings: SettingsDep) -> ModelList:
     """Base models, each model line (serving its latest checkpoint), its aliases and its
     checkpoints. Checkpoint ids (`ftckpt-…`) and job ids (`ftjob-…`) are accepted too."""
-    return {"object": "list", "data": await list_models(session, settings.training.allowed_base_models)}
+    return ModelList(data=await list_models(session, settings.training.allowed_base_models))
 
 
-@router.post(
-    "/v1/models/{name:path}/aliases",
-    summary="Point an alias at a checkpoint",
-    response_model=AliasObject,
-    responses=error_responses(400, 401, 404, 422),
-    openapi_extra=BEARER_SECURITY,
-)
 async def models_set_alias(
     name: str, body: AliasRequest, request: Request, session: SessionDep
-) -> dict[str, Any]:
+) -> AliasObject:
     """`name` is a model line (`<name>` or `wandb-artifact:///<entity>/<project>/<name>`). The
     alias (`production`, `best`, …) then serves as `<name>:<alias>`; the move takes effect in
     this process at once and in others within `INFERENCE__RESOLVE_CACHE_TTL_S`."""
     model, row, ckpt = await point_alias(session, name, body.alias, body.checkpoint)
-    result = alias_object(model, row, ckpt)
+    result = AliasObject.from_rows(model, row, ckpt)
     await session.commit()
-    request.app.state.gateway.resolver.invalidate()
+    _resolver(request).invalidate()
     return result
 
 
-@router.get(
-    "/v1/models/{model_id:path}",
-    summary="Retrieve a model",
-    response_model=ModelObject,
-    responses=error_responses(401, 404, 422),
-    openapi_extra=BEARER_SECURITY,
-)
-async def models_retrieve(model_id: str, request: Request) -> JSONResponse:
+async def models_retrieve(model_id: str, request: Request) -> ModelObject:
     """Any name `/v1/chat/completions` accepts; `served_model` is the concrete model it serves now."""
-    gateway: Gateway = request.app.state.gateway
-    resolution = await gateway.resolver.resolve(model_id)
+    resolution = await _resolver(request).resolve(model_id)
     served, fallback = resolution.upstream_model, False
     if resolution.deleted:
         if not (resolution.fallback and resolution.base_model):
             raise model_not_found(model_id, f"checkpoint {resolution.checkpoint_id} was deleted")
         served, fallback = resolution.base_model, True
-    return JSONResponse(resolved_model_object(resolution, served_model=served, fallback=fallback))
+    return ModelObject.of_resolution(resolution, served_model=served, fallback=fallback)
+
+
+def create_router(route_class: type[APIRoute]) -> APIRouter:
+    router = APIRouter(tags=["inference"], route_class=route_class)
+    router.add_api_route(
+        "/v1/models",
+        models_list,
+        methods=["GET"],
+        summary="List models",
+        response_model=ModelList,
+        responses=error_responses(401),
+        openapi_extra=BEARER_SECURITY,
+    )
+    router.add_api_route(
+        "/v1/models/{name:path}/aliases",
+        models_set_alias,
+        methods=["POST"],
+        summary="Point an alias at a checkpoint",
+        response_model=AliasObject,
+        responses=error_responses(400, 401, 404, 422),
+        openapi_extra=BEARER_SECURITY,
+    )
+    router.add_api_route(
+        "/v1/models/{model_id:path}",
+        models_retrieve,
+        methods=["GET"],
+        summary="Retrieve a model",
+        response_model=ModelObject,
+        responses=error_responses(401, 404, 422),
+        openapi_extra=BEARER_SECURITY,
+    )
+    return router

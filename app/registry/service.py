@@ -1,4 +1,9 @@
-"""Model lines, checkpoints and aliases: the one place that writes them."""
+"""Model lines, checkpoints and aliases: the one place that reads and writes them.
+
+Every other package asks here: the training runner records checkpoints, the jobs API lists a
+job's checkpoints, the gateway resolves names (app/registry/resolution.py), the game's hand-off
+reads a job's last checkpoint. Functions flush, never commit.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,27 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import utcnow
 from app.errors import BadRequest, NotFound
 from app.ids import new_id
+from app.pagination import fetch_page
 from app.registry.models import Checkpoint, ModelAlias, ServedModel
 
+ARTIFACT_PREFIX = "wandb-artifact:///"
 ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
 RESERVED_ALIAS_PREFIX = "step"  # `<model>:step<N>` names a checkpoint, never an alias
+_STEP_REF = re.compile(r"^(?:step)?(\d{1,9})$")
 
 
 def artifact_name(entity: str, project: str, name: str, step: int | None = None) -> str:
-    base = f"wandb-artifact:///{entity}/{project}/{name}"
+    base = f"{ARTIFACT_PREFIX}{entity}/{project}/{name}"
     return base if step is None else f"{base}:step{step}"
+
+
+def model_not_found(name: str, detail: str | None = None) -> NotFound:
+    message = f"The model {name!r} does not exist"
+    message += f": {detail}" if detail else "."
+    return NotFound(message, param="model", code="model_not_found")
+
+
+# -- model lines ------------------------------------------------------------------------------
 
 
 async def get_or_create_model(
@@ -30,11 +47,7 @@ async def get_or_create_model(
     base_model: str,
     remote_id: str | None = None,
 ) -> ServedModel:
-    model = await session.scalar(
-        sa.select(ServedModel).where(
-            ServedModel.entity == entity, ServedModel.project == project, ServedModel.name == name
-        )
-    )
+    model = await model_line(session, entity=entity, project=project, name=name)
     if model is None:
         model = ServedModel(
             id=new_id("mdl"),
@@ -50,6 +63,54 @@ async def get_or_create_model(
         model.remote_id = remote_id
         await session.flush()
     return model
+
+
+async def model_line(session: AsyncSession, *, entity: str, project: str, name: str) -> ServedModel | None:
+    """The model line with exactly this W&B entity, project and name."""
+    return await session.scalar(
+        sa.select(ServedModel).where(
+            ServedModel.entity == entity, ServedModel.project == project, ServedModel.name == name
+        )
+    )
+
+
+async def model_line_by_name(session: AsyncSession, name: str) -> ServedModel | None:
+    """The model line a bare name means. Several entities or projects may hold the same name:
+    the oldest line wins (the `wandb-artifact:///<entity>/<project>/<name>` form names one exactly)."""
+    return await session.scalar(
+        sa.select(ServedModel).where(ServedModel.name == name).order_by(ServedModel.created_at).limit(1)
+    )
+
+
+async def find_model_line(session: AsyncSession, name: str) -> ServedModel:
+    """A model line by its name or `wandb-artifact:///<entity>/<project>/<name>`; 404 otherwise."""
+    if name.startswith(ARTIFACT_PREFIX):
+        parts = name[len(ARTIFACT_PREFIX) :].split("/")
+        if len(parts) == 3 and all(parts) and ":" not in parts[2]:
+            model = await model_line(session, entity=parts[0], project=parts[1], name=parts[2])
+            if model is not None:
+                return model
+        raise model_not_found(
+            name, "name a model line: <name> or wandb-artifact:///<entity>/<project>/<name>"
+        )
+    model = await model_line_by_name(session, name)
+    if model is None:
+        raise model_not_found(name)
+    return model
+
+
+async def model_lines_named(
+    session: AsyncSession, *, project: str, name: str, entity: str | None = None
+) -> list[ServedModel]:
+    """Every line called `name` in `project` (of `entity` when known): a new job's suffix may
+    continue one of them."""
+    query = sa.select(ServedModel).where(ServedModel.project == project, ServedModel.name == name)
+    if entity:
+        query = query.where(ServedModel.entity == entity)
+    return list((await session.scalars(query)).all())
+
+
+# -- checkpoints ------------------------------------------------------------------------------
 
 
 async def record_checkpoint(
@@ -79,6 +140,71 @@ async def record_checkpoint(
     session.add(ckpt)
     await session.flush()
     return ckpt
+
+
+async def find_checkpoint(session: AsyncSession, model: ServedModel, ref: str | int) -> Checkpoint:
+    """A checkpoint of `model` by id (`ftckpt-…`), step (`12`, `"12"`, `"step12"`) or artifact name."""
+    text = str(ref).strip()
+    condition: sa.ColumnElement[bool]
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        condition = Checkpoint.step == ref
+    elif text.startswith("ftckpt-"):
+        condition = Checkpoint.id == text
+    elif text.startswith(ARTIFACT_PREFIX):
+        condition = Checkpoint.artifact_name == text
+    elif (match := _STEP_REF.match(text)) is not None:
+        condition = Checkpoint.step == int(match.group(1))
+    else:
+        raise NotFound(
+            f"checkpoint {text!r} is not a checkpoint id (ftckpt-…), a step number or an artifact name",
+            param="checkpoint",
+            code="checkpoint_not_found",
+        )
+    ckpt = await session.scalar(sa.select(Checkpoint).where(Checkpoint.model_id == model.id, condition))
+    if ckpt is None:
+        raise NotFound(
+            f"model {model.name!r} has no checkpoint {text!r}",
+            param="checkpoint",
+            code="checkpoint_not_found",
+        )
+    return ckpt
+
+
+async def job_checkpoints(
+    session: AsyncSession,
+    job_id: str,
+    *,
+    after: str | None = None,
+    limit: int | None = None,
+    include_deleted: bool = True,
+) -> tuple[list[Checkpoint], bool]:
+    """A job's checkpoints, newest step first; `after` is the id of the last one seen (a
+    checkpoint of another job is a 400 `invalid_cursor`). Returns (page, has_more)."""
+    query = sa.select(Checkpoint).where(Checkpoint.job_id == job_id)
+    if not include_deleted:
+        query = query.where(Checkpoint.deleted_at.is_(None))
+    if after is not None:
+        anchor = await session.scalar(
+            sa.select(Checkpoint).where(Checkpoint.id == after, Checkpoint.job_id == job_id)
+        )
+        if anchor is None:
+            raise BadRequest(
+                f"after: no checkpoint {after!r} in this job", param="after", code="invalid_cursor"
+            )
+        query = query.where(Checkpoint.step < anchor.step)
+    query = query.order_by(Checkpoint.step.desc())
+    if limit is None:
+        return list((await session.scalars(query)).all()), False
+    return await fetch_page(session, query, limit)
+
+
+async def last_job_checkpoint(session: AsyncSession, job_id: str) -> Checkpoint | None:
+    """The newest checkpoint a job made, deleted or not."""
+    rows, _ = await job_checkpoints(session, job_id, limit=1)
+    return rows[0] if rows else None
+
+
+# -- aliases ----------------------------------------------------------------------------------
 
 
 def validate_alias(alias: str) -> None:
@@ -117,10 +243,20 @@ async def set_alias(
     return row
 
 
-async def get_model_by_name(session: AsyncSession, name: str) -> ServedModel:
-    model = await session.scalar(
-        sa.select(ServedModel).where(ServedModel.name == name).order_by(ServedModel.created_at)
+async def point_alias(
+    session: AsyncSession, name: str, alias: str, checkpoint_ref: str | int
+) -> tuple[ServedModel, ModelAlias, Checkpoint]:
+    """Point `alias` of model line `name` at a checkpoint (insert or move); flushes, never commits."""
+    model = await find_model_line(session, name)
+    ckpt = await find_checkpoint(session, model, checkpoint_ref)
+    row = await set_alias(session, model, alias, ckpt)
+    return model, row, ckpt
+
+
+async def aliased_checkpoint(session: AsyncSession, model: ServedModel, alias: str) -> Checkpoint | None:
+    """The checkpoint a stored alias row points at (None without such a row)."""
+    return await session.scalar(
+        sa.select(Checkpoint)
+        .join(ModelAlias, ModelAlias.checkpoint_id == Checkpoint.id)
+        .where(ModelAlias.model_id == model.id, ModelAlias.alias == alias)
     )
-    if model is None:
-        raise NotFound(f"model {name!r} does not exist", param="model", code="model_not_found")
-    return model

@@ -28,22 +28,16 @@ from typing import Any, Protocol, runtime_checkable
 from app.errors import BadRequest
 
 
-@dataclass(frozen=True)
-class MarketOutcomes:
-    """A window's resolved markets (`market_outcomes`): prediction market id → YES/NO, and
-    stock ticker → changePercent."""
-
-    predictions: dict[str, str] = field(default_factory=dict)
-    stocks: dict[str, float] = field(default_factory=dict)
-
-
 @dataclass
 class WindowContext:
     """What a scorer may know about the window a trajectory belongs to."""
 
     window_id: str | None
-    # None when the trajectory has no window (plugin rows) or the scorer did not ask for them
-    outcomes: MarketOutcomes | None = None
+    # What the game knows of how the window turned out, in the game's own shape (Babylon: its
+    # resolved markets, app/babylon/scorers.py MarketOutcomes), read only for scorers with
+    # `needs_market_outcomes`. None when the trajectory has no window (plugin rows) or the
+    # scorer did not ask for them.
+    outcomes: Any = None
 
 
 @dataclass(slots=True)

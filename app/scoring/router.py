@@ -6,12 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.babylon import scorers as _babylon_scorers  # noqa: F401  (registers the game's scorers)
 from app.deps import SessionDep
-from app.errors import BadRequest, error_responses
-from app.pagination import ListPage
+from app.errors import error_responses
+from app.pagination import ListPage, numbered_cursor
 from app.scoring.registry import list_scorers
-from app.scoring.schemas import ScoreObject, ScorerObject
+from app.scoring.schemas import SCORE_PREFIX, ScoreObject, ScorerObject
 from app.scoring.service import list_scores
 
 router = APIRouter(tags=["scores"])
@@ -28,15 +27,7 @@ async def get_scores(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ListPage[ScoreObject]:
     """Per-trajectory scores with their components, filtered by window, agent, trajectory, scorer."""
-    after_id: int | None = None
-    if after is not None:
-        if not after.startswith("score-") or not after[6:].isdigit():
-            raise BadRequest(
-                f"invalid cursor {after!r}; pass the id of a score (score-N)",
-                param="after",
-                code="invalid_cursor",
-            )
-        after_id = int(after[6:])
+    after_id = numbered_cursor(after, SCORE_PREFIX)
     rows, has_more = await list_scores(
         session,
         window_id=window_id,
@@ -53,15 +44,5 @@ async def get_scores(
 @router.get("/v1/scorers", response_model=ListPage[ScorerObject])
 async def get_scorers() -> ListPage[ScorerObject]:
     """The registered heuristic scorers (`scorer` / `scorer_version` of POST /v1/datasets)."""
-    data = [
-        ScorerObject(
-            id=f"{s.name}@{s.version}",
-            name=s.name,
-            version=s.version,
-            description=s.description,
-            per_agent=s.per_agent,
-            uses_market_outcomes=s.needs_market_outcomes,
-        )
-        for s in list_scorers()
-    ]
+    data = [ScorerObject.from_scorer(s) for s in list_scorers()]
     return ListPage.of(data, False)

@@ -7,7 +7,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from app.db import to_unix
+from app.pagination import numbered_id
 from app.scoring.models import TrajectoryScore
+from app.scoring.registry import Scorer
+
+SCORE_PREFIX = "score"
 
 
 class ScoreObject(BaseModel):
@@ -29,7 +33,7 @@ class ScoreObject(BaseModel):
     @classmethod
     def from_row(cls, row: TrajectoryScore) -> ScoreObject:
         return cls(
-            id=f"score-{row.id}",
+            id=numbered_id(SCORE_PREFIX, row.id),
             trajectory_id=row.trajectory_id,
             source=row.source,
             window_id=row.window_id,
@@ -53,3 +57,14 @@ class ScorerObject(BaseModel):
     description: str
     per_agent: bool = Field(description="one score per agent and window, given to all its trajectories")
     uses_market_outcomes: bool
+
+    @classmethod
+    def from_scorer(cls, scorer: Scorer) -> ScorerObject:
+        return cls(
+            id=f"{scorer.name}@{scorer.version}",
+            name=scorer.name,
+            version=scorer.version,
+            description=scorer.description,
+            per_agent=scorer.per_agent,
+            uses_market_outcomes=scorer.needs_market_outcomes,
+        )

@@ -37,7 +37,7 @@ from app.datasets.models import Dataset, DatasetGroup
 from app.datasets.service import build_dataset
 from app.db import utcnow
 from app.errors import AppError
-from app.jobs import service
+from app.jobs import handoff, service
 from app.jobs.events import add_event
 from app.jobs.hyperparameters import Hyperparameters
 from app.jobs.models import (
@@ -239,8 +239,7 @@ class JobRunner:
                     f"Resumed by worker {self.ctx.worker_id} (attempt {owned_job.attempts}) after "
                     f"{owned_job.completed_steps} of {owned_job.total_steps} steps",
                 )
-        if job.babylon_batch_id is not None:
-            await self._mark_batch_training(job.babylon_batch_id)
+        await handoff.job_started(self.settings, job)  # the game hand-off (app/jobs/handoff.py)
         trainer = await self._trainer()
         model = await self._ensure_model(trainer)
         while True:
@@ -819,16 +818,3 @@ class JobRunner:
             return
         logger.warning("job.failed job_id=%s code=%s message=%s", self.job_id, failure.code, failure.message)
         await self.ctx.after_finish(self.job_id)
-
-    async def _mark_batch_training(self, batch_id: str) -> None:
-        url = self.settings.babylon_database_url
-        if url is None:
-            return
-        from app.babylon import handoff
-
-        try:
-            await handoff.mark_training(url, batch_id)
-        except Exception as exc:  # the game's DB being down must not stop training
-            logger.warning(
-                "babylon.mark_training_failed job_id=%s batch=%s error=%s", self.job_id, batch_id, exc
-            )

@@ -19,13 +19,10 @@ from collections.abc import Awaitable
 from typing import Any
 
 import httpx
-import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.babylon.outbox import process_handoff, watch_pending_batches
 from app.config import Settings
-from app.jobs import webhooks
-from app.jobs.models import TERMINAL_STATUSES, FineTuningJob
+from app.jobs import handoff, webhooks
 from app.training.runner import JobRunner, RunnerContext
 from app.training.wandb_api import WandbTraining
 from app.worker.claims import claim_next_job, renew_lease
@@ -213,7 +210,7 @@ class Worker:
 
     async def _after_finish(self, job_id: str) -> None:
         self._wake.set()
-        await process_handoff(self.settings, self.sessionmaker, job_id)
+        await handoff.deliver(self.settings, self.sessionmaker, job_id)  # the game hand-off
         await self._deliver_webhooks()
 
     # -- webhooks, hand-offs, watch mode ----------------------------------------------------------
@@ -237,38 +234,15 @@ class Worker:
             await self._idle(min(1.0, self.settings.worker.poll_interval_s))
 
     async def _handoff_loop(self) -> None:
-        """Retry pending game hand-offs; in watch mode also start the game's pending batches."""
-        loop = asyncio.get_running_loop()
-        next_watch = 0.0
+        """Retry pending game hand-offs; let the games start jobs for work they queued
+        (Babylon's watch mode). Both through the hand-off interface (app/jobs/handoff.py)."""
         while not self._stopping:
             try:
-                await self._pending_handoffs()
-                if (
-                    self.settings.babylon.watch_batches
-                    and self.settings.babylon_database_url
-                    and loop.time() >= next_watch
-                ):
-                    next_watch = loop.time() + self.settings.babylon.watch_interval_s
-                    if await watch_pending_batches(self.settings, self.sessionmaker):
-                        self._wake.set()
+                await handoff.deliver_pending(self.settings, self.sessionmaker)
+                if await handoff.poll(self.settings, self.sessionmaker):
+                    self._wake.set()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("worker.handoff_loop_failed worker=%s", self.worker_id)
             await self._idle(min(30.0, max(1.0, self.settings.worker.poll_interval_s * 20)))
-
-    async def _pending_handoffs(self) -> None:
-        if self.settings.babylon_database_url is None:
-            return
-        async with self.sessionmaker() as session:
-            ids = (
-                await session.scalars(
-                    sa.select(FineTuningJob.id)
-                    .where(
-                        FineTuningJob.handoff_status == "pending", FineTuningJob.status.in_(TERMINAL_STATUSES)
-                    )
-                    .limit(20)
-                )
-            ).all()
-        for job_id in ids:
-            await process_handoff(self.settings, self.sessionmaker, job_id)

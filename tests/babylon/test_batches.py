@@ -9,9 +9,9 @@ from typing import Any
 import asyncpg
 import sqlalchemy as sa
 
-from app.babylon.outbox import process_handoff
 from app.gateway.models import CapturedCompletion
 from app.ids import new_id
+from app.jobs import handoff
 from app.jobs.models import FineTuningJob, JobStep
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.factories import choice
@@ -166,7 +166,7 @@ async def test_post_train_trains_the_batch_across_a_restart_and_hands_off_once(
                 sa.update(FineTuningJob).where(FineTuningJob.id == job_id).values(handoff_status="pending")
             )
             await session.commit()
-        await process_handoff(svc.settings, svc.sessionmaker, job_id)
+        await handoff.deliver(svc.settings, svc.sessionmaker, job_id)
         assert (
             len(
                 await game_rows(dsn, "SELECT id FROM trained_models WHERE \"trainingBatch\" = 'batch-test-1'")

@@ -10,6 +10,7 @@ import pytest
 from openai.types.chat.chat_completion import Choice
 
 from app.gateway.models import CapturedCompletion
+from app.state import app_state
 from tests.fixtures.game import GameDB, social_step, trade_step
 from tests.fixtures.pipeline import Pipeline
 
@@ -43,7 +44,7 @@ async def capture(
 ) -> None:
     """A row exactly as the gateway writes it (app/gateway/models.py)."""
     n = next(_n)
-    async with p.app.state.sessionmaker() as session:
+    async with app_state(p.app).sessionmaker() as session:
         session.add(
             CapturedCompletion(
                 id=f"cap-{n}",

@@ -7,19 +7,20 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
+from app.babylon.source import create_babylon_dataset
 from app.config import Settings
 from app.datasets import lifecycle
 from app.datasets.models import Dataset
 from app.datasets.schemas import DatasetCreate
 from app.datasets.service import (
     build_dataset,
-    create_babylon_dataset,
     fail_stale_builds,
     list_group_rows,
-    resolve_training_file,
 )
 from app.db import utcnow
 from app.errors import BadRequest, NotFound
+from app.files.service import resolve_training_file
+from app.state import app_state
 from tests.conftest import make_settings
 from tests.fixtures.game import GameDB, trade_step, window_id
 from tests.fixtures.pipeline import Pipeline
@@ -39,7 +40,7 @@ async def test_create_then_build_inline_gives_a_ready_dataset_with_ordered_group
     pipeline: Pipeline, game: GameDB
 ) -> None:
     tids = await _windows(game, 3)
-    sessionmaker, settings = pipeline.app.state.sessionmaker, pipeline.settings
+    sessionmaker, settings = app_state(pipeline.app).sessionmaker, pipeline.settings
     async with sessionmaker() as session:
         # what the jobs engineer passes for a training_batches row: its trajectory ids
         created = await create_babylon_dataset(session, settings, {"trajectory_ids": tids})
@@ -62,7 +63,7 @@ async def test_create_then_build_inline_gives_a_ready_dataset_with_ordered_group
 
 
 async def test_resolve_training_file_names_the_parameter_when_unknown(pipeline: Pipeline) -> None:
-    async with pipeline.app.state.sessionmaker() as session:
+    async with app_state(pipeline.app).sessionmaker() as session:
         for missing in ("file-nope", "ds-nope", "anything"):
             with pytest.raises(NotFound) as caught:
                 await resolve_training_file(session, missing)
@@ -70,7 +71,7 @@ async def test_resolve_training_file_names_the_parameter_when_unknown(pipeline: 
 
 
 async def test_create_babylon_dataset_refuses_bad_input_clearly(pipeline: Pipeline, db_url: str) -> None:
-    async with pipeline.app.state.sessionmaker() as session:
+    async with app_state(pipeline.app).sessionmaker() as session:
         with pytest.raises(BadRequest) as caught:
             await create_babylon_dataset(session, pipeline.settings, {"min_agents": 0})
         assert caught.value.param == "min_agents"
@@ -80,7 +81,7 @@ async def test_create_babylon_dataset_refuses_bad_input_clearly(pipeline: Pipeli
 
 
 async def test_groups_of_a_dataset_that_is_not_ready_are_a_409(pipeline: Pipeline) -> None:
-    async with pipeline.app.state.sessionmaker() as session:
+    async with app_state(pipeline.app).sessionmaker() as session:
         queued = await create_babylon_dataset(session, pipeline.settings, DatasetCreate())
         await session.commit()
     r = await pipeline.client.get(f"/v1/datasets/{queued.id}/groups")
@@ -90,7 +91,7 @@ async def test_groups_of_a_dataset_that_is_not_ready_are_a_409(pipeline: Pipelin
 
 
 async def test_builds_whose_heartbeat_stopped_are_failed_and_live_ones_kept(pipeline: Pipeline) -> None:
-    sessionmaker = pipeline.app.state.sessionmaker
+    sessionmaker = app_state(pipeline.app).sessionmaker
     old = utcnow() - dt.timedelta(hours=1)
     async with sessionmaker() as session:
         session.add(
@@ -113,7 +114,7 @@ async def test_builds_whose_heartbeat_stopped_are_failed_and_live_ones_kept(pipe
     assert states == {"ds-dead": "failed", "ds-live": "building"}
 
 
-async def test_groups_page_by_cursor_and_by_offset(pipeline: Pipeline, game: GameDB) -> None:
+async def test_groups_page_by_the_after_cursor(pipeline: Pipeline, game: GameDB) -> None:
     await _windows(game, 5)
     ds = await pipeline.build()
     url = f"/v1/datasets/{ds['id']}/groups"
@@ -127,7 +128,7 @@ async def test_groups_page_by_cursor_and_by_offset(pipeline: Pipeline, game: Gam
     assert first["data"][0]["object"] == "dataset.group"
     nxt = (await pipeline.client.get(url, params={"limit": 2, "after": "grp-1"})).json()
     assert [g["position"] for g in nxt["data"]] == [2, 3]
-    tail = (await pipeline.client.get(url, params={"offset": 4})).json()
+    tail = (await pipeline.client.get(url, params={"after": nxt["last_id"]})).json()
     assert ([g["id"] for g in tail["data"]], tail["has_more"]) == (["grp-4"], False)
     bad = await pipeline.client.get(url, params={"after": "4"})
     assert bad.status_code == 400
@@ -149,7 +150,7 @@ async def test_service_start_fails_builds_interrupted_by_a_previous_process(sett
 
     first = create_app(settings)
     async with LifespanManager(first):
-        async with first.state.sessionmaker() as session:
+        async with app_state(first).sessionmaker() as session:
             session.add(
                 Dataset(
                     id="ds-orphan",
@@ -162,7 +163,7 @@ async def test_service_start_fails_builds_interrupted_by_a_previous_process(sett
             )
             await session.commit()
     second = create_app(settings)
-    async with LifespanManager(second), second.state.sessionmaker() as session:
+    async with LifespanManager(second), app_state(second).sessionmaker() as session:
         orphan = await session.get(Dataset, "ds-orphan")
         assert orphan is not None
         assert orphan.status == "failed"

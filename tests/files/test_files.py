@@ -11,8 +11,10 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from app.datasets.models import Dataset, DatasetGroup
-from app.datasets.service import list_group_rows, resolve_training_file
+from app.datasets.service import list_group_rows
 from app.errors import NotFound
+from app.files.service import resolve_training_file
+from app.state import app_state
 
 CHOICE = {
     "index": 0,
@@ -63,7 +65,7 @@ async def test_upload_list_retrieve_content_and_delete_with_the_openai_sdk(
     lines = [json.loads(x) for x in content.read().splitlines()]
     assert [[t["reward"] for t in g["trajectories"]] for g in lines] == [[1.0, 0.0], [0.5, 0.7]]
 
-    async with app.state.sessionmaker() as session:
+    async with app_state(app).sessionmaker() as session:
         dataset = await resolve_training_file(session, created.id)
         assert (dataset.source, dataset.status, dataset.group_count, dataset.trajectory_count) == (
             "file",
@@ -83,7 +85,7 @@ async def test_upload_list_retrieve_content_and_delete_with_the_openai_sdk(
     assert deleted.deleted is True
     with pytest.raises(openai.NotFoundError):
         await openai_client.files.retrieve(created.id)
-    async with app.state.sessionmaker() as session:
+    async with app_state(app).sessionmaker() as session:
         with pytest.raises(NotFound) as caught:
             await resolve_training_file(session, created.id)
         assert (caught.value.param, caught.value.code) == ("training_file", "file_not_found")
@@ -156,7 +158,7 @@ async def test_a_malformed_file_is_refused_naming_the_first_bad_line(
     assert (error["param"], error["code"]) == ("file", code)
     # nothing of the file is stored
     assert [f async for f in openai_client.files.list()] == []
-    async with app.state.sessionmaker() as session:
+    async with app_state(app).sessionmaker() as session:
         assert await session.scalar(sa.select(sa.func.count()).select_from(Dataset)) == 0
 
 

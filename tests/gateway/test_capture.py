@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.gateway.models import CapturedCompletion
+from app.state import app_state
 from tests.conftest import asgi_client
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import (
@@ -47,7 +48,7 @@ TOOLS: list[Any] = [
 
 async def _captures(app: FastAPI) -> list[CapturedCompletion]:
     await flush_writers(app)
-    async with app.state.sessionmaker() as session:
+    async with app_state(app).sessionmaker() as session:
         return list(
             (
                 await session.scalars(sa.select(CapturedCompletion).order_by(CapturedCompletion.created_at))
@@ -191,9 +192,9 @@ async def test_shutdown_writes_captures_still_pending(clean_db: str, emulator: E
                 model=BASE_MODEL, messages=MESSAGES, metadata={"trajectory_id": f"t-{i}"}
             )
         await sdk.close()
-        async with app.state.sessionmaker() as session:
+        async with app_state(app).sessionmaker() as session:
             assert await session.scalar(sa.select(sa.func.count()).select_from(CapturedCompletion)) == 0
-        assert len(app.state.gateway.captures) == 3
+        assert len(app_state(app).gateway.captures) == 3
     # the app is shut down: read with an engine of our own
     engine = create_async_engine(clean_db)
     async with engine.connect() as conn:

@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.gateway.models import CapturedCompletion, GatewayRequest
+from app.state import app_state
 from tests.conftest import TEST_API_KEY, asgi_client
 from tests.fixtures.gateway import flush_writers, gateway_settings, running_app, sdk_for
 from tests.fixtures.hostile_upstream import ANSWERED, STALE_MARKER, HostileUpstream
@@ -411,7 +412,7 @@ async def test_the_pool_caps_connections_and_reuses_them(clean_db: str) -> None:
             for i in range(4):
                 assert await ask(f"q{i}") == f"answer for q{i}"
             assert upstream.connections == 4  # kept alive and reused
-            assert app.state.gateway.upstream.busy == 0
+            assert app_state(app).gateway.upstream.busy == 0
     finally:
         await upstream.stop()
 

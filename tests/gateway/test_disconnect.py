@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.gateway.models import GatewayRequest
 from app.main import create_app
+from app.state import app_state
 from tests.conftest import TEST_API_KEY
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import BASE_MODEL, gateway_settings, live_server
@@ -49,7 +50,7 @@ async def test_client_disconnect_mid_stream_closes_the_upstream_stream(
         await recording_upstream.wait_stream_closed()
         assert recording_upstream.streams_aborted == 1
         assert recording_upstream.streams_completed == 0
-        gateway = app.state.gateway
+        gateway = app_state(app).gateway
         assert gateway.upstream.busy == 0  # the request released its slot; its connection was aborted
         assert gateway.metrics.client_disconnects._value.get() == 1
     [row] = await _logged(clean_db)  # shutdown flushed the request log
@@ -67,7 +68,7 @@ async def test_client_disconnect_while_waiting_for_a_non_streamed_answer_cancels
                 await client.post("/v1/chat/completions", json=BODY)
             except httpx.ReadTimeout:
                 pass  # the client gives up and closes its connection
-        gateway = app.state.gateway
+        gateway = app_state(app).gateway
         for _ in range(100):  # the cancellation runs in the server task: let it happen
             if gateway.metrics.client_disconnects._value.get() == 1:
                 break

@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.registry.models import Checkpoint
+from app.state import app_state
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import (
     BASE_MODEL,
@@ -25,12 +26,12 @@ MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
 
 
 async def _delete_locally(app: FastAPI, seeded: SeededModel, step: int) -> None:
-    async with app.state.sessionmaker() as session:
+    async with app_state(app).sessionmaker() as session:
         ckpt = await session.get(Checkpoint, seeded.checkpoints[step].id)
         assert ckpt is not None
         ckpt.deleted_at = dt.datetime.now(dt.UTC)
         await session.commit()
-    app.state.gateway.resolver.invalidate()
+    app_state(app).gateway.resolver.invalidate()
 
 
 def _delete_upstream(emulator: EmulatorHandle, step: int) -> None:

@@ -14,6 +14,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.registry.models import Checkpoint
+from app.state import app_state
 from app.training.art_env import import_art
 from tests.conftest import asgi_client
 from tests.fixtures.gateway import BASE_MODEL, PROJECT, gateway_settings, running_app, seed_model
@@ -90,12 +91,12 @@ async def test_the_base_model_fallback_sends_the_same_name_as_asking_for_the_bas
     app: FastAPI, recording_upstream: RecordingUpstream
 ) -> None:
     seeded = await seed_model(app, None, steps=(1,))
-    async with app.state.sessionmaker() as session:
+    async with app_state(app).sessionmaker() as session:
         ckpt = await session.get(Checkpoint, seeded.checkpoints[1].id)
         assert ckpt is not None
         ckpt.deleted_at = dt.datetime.now(dt.UTC)
         await session.commit()
-    app.state.gateway.resolver.invalidate()
+    app_state(app).gateway.resolver.invalidate()
     sent = await _sent_model(app, recording_upstream, "agent:step1")
     assert (
         sent

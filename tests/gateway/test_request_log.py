@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from app.gateway.models import CapturedCompletion, GatewayRequest
 from app.gateway.writer import BatchWriter, WriterMetrics, sweep_request_log
+from app.state import app_state
 from tests.conftest import asgi_client
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import BASE_MODEL, flush_writers, seed_model
@@ -23,7 +24,7 @@ MESSAGES: list[Any] = [{"role": "user", "content": SECRET_PROMPT}]
 
 async def _rows(app: FastAPI) -> list[GatewayRequest]:
     await flush_writers(app)
-    async with app.state.sessionmaker() as session:
+    async with app_state(app).sessionmaker() as session:
         return list((await session.scalars(sa.select(GatewayRequest).order_by(GatewayRequest.id))).all())
 
 
@@ -78,28 +79,28 @@ async def test_retention_deletes_old_rows_in_batches(gw_app: FastAPI) -> None:
             "key_id": "k",
         }
 
-    async with gw_app.state.engine.begin() as conn:
+    async with app_state(gw_app).engine.begin() as conn:
         await conn.execute(
             sa.insert(GatewayRequest), [row(40) for _ in range(7)] + [row(1) for _ in range(3)]
         )
-    deleted = await sweep_request_log(gw_app.state.engine, retention_days=30, batch_size=2, now=now)
+    deleted = await sweep_request_log(app_state(gw_app).engine, retention_days=30, batch_size=2, now=now)
     assert deleted == 7
     remaining = await _rows(gw_app)
     assert len(remaining) == 3
     assert all(r.created_at > now - dt.timedelta(days=2) for r in remaining)
-    assert await sweep_request_log(gw_app.state.engine, retention_days=0, batch_size=2) == 0
+    assert await sweep_request_log(app_state(gw_app).engine, retention_days=0, batch_size=2) == 0
 
 
 async def test_a_row_the_database_rejects_is_counted_and_the_rest_are_written(
     gw_app: FastAPI, caplog: pytest.LogCaptureFixture
 ) -> None:
-    registry = gw_app.state.metrics.registry
+    registry = app_state(gw_app).metrics.registry
     table = CapturedCompletion.__table__
     assert isinstance(table, sa.Table)
     writer = BatchWriter(
         table,
-        gw_app.state.engine,
-        gw_app.state.gateway_metrics.writer,
+        app_state(gw_app).engine,
+        app_state(gw_app).gateway_metrics.writer,
         capacity=10,
         batch_size=10,
         interval_s=60,
@@ -121,7 +122,7 @@ async def test_a_row_the_database_rejects_is_counted_and_the_rest_are_written(
     writer.put(capture("cap-2", None))  # NOT NULL violation
     writer.put(capture("cap-3", "t"))
     await writer.flush()
-    async with gw_app.state.sessionmaker() as session:
+    async with app_state(gw_app).sessionmaker() as session:
         ids = (await session.scalars(sa.select(CapturedCompletion.id).order_by(CapturedCompletion.id))).all()
     assert ids == ["cap-1", "cap-3"]
     dropped = registry.get_sample_value(
@@ -129,4 +130,4 @@ async def test_a_row_the_database_rejects_is_counted_and_the_rest_are_written(
     )
     assert dropped == 1
     assert "gateway.writer_row_rejected table=captured_completions id=cap-2" in caplog.text
-    assert isinstance(gw_app.state.gateway_metrics.writer, WriterMetrics)
+    assert isinstance(app_state(gw_app).gateway_metrics.writer, WriterMetrics)

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 
 from app.registry.models import Checkpoint
 from app.registry.service import set_alias
+from app.state import app_state
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import (
     BASE_MODEL,
@@ -101,12 +102,12 @@ async def test_a_job_id_skips_deleted_checkpoints(
 ) -> None:
     job = "ftjob-" + "b" * 24
     seeded = await seed_model(gw_app, emulator, steps=(1, 2), job_id=job)
-    async with gw_app.state.sessionmaker() as session:
+    async with app_state(gw_app).sessionmaker() as session:
         ckpt = await session.get(Checkpoint, seeded.checkpoints[2].id)
         assert ckpt is not None
         ckpt.deleted_at = dt.datetime.now(dt.UTC)
         await session.commit()
-    gw_app.state.gateway.resolver.invalidate()
+    app_state(gw_app).gateway.resolver.invalidate()
     assert await _served(sdk, job) == seeded.artifact(1)
     assert await _served(sdk, "agent") == seeded.artifact(1)
 
@@ -145,7 +146,7 @@ async def test_alias_moves_by_another_process_are_seen_without_restart(
         sdk = sdk_for(app)
         assert await _served(sdk, "agent:production") == seeded.artifact(1)
         # the jobs worker (or another replica) moves the alias in the shared database
-        async with app.state.sessionmaker() as session:
+        async with app_state(app).sessionmaker() as session:
             await set_alias(session, seeded.model, "production", seeded.checkpoints[2])
             await session.commit()
         assert await _served(sdk, "agent:production") == seeded.artifact(2)

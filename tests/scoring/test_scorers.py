@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 
-from app.babylon.scorers import LOCAL, RULER
+from app.babylon.scorers import LOCAL, RULER, MarketOutcomes
 from app.errors import BadRequest
 from app.scoring.registry import (
-    MarketOutcomes,
     ScoreResult,
     WindowContext,
     get_scorer,

@@ -17,6 +17,7 @@ from app import migrations
 from app.db import NAMING_CONVENTION, Base, create_engine, create_sqlite_engine
 from app.main import create_app
 from app.models import Base as AllModels
+from app.state import app_state
 from tests.conftest import make_settings
 
 
@@ -45,7 +46,7 @@ async def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(tmp_path
     )
     app = create_app(settings)
     async with LifespanManager(app, startup_timeout=60):
-        async with app.state.engine.connect() as conn:
+        async with app_state(app).engine.connect() as conn:
             pragmas = {
                 name: (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
                 for name in ("journal_mode", "busy_timeout", "foreign_keys", "synchronous")

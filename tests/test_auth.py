@@ -3,15 +3,12 @@ from `training-control keys create`, stored hashed, revocable; no key configured
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import iter_route_contexts
@@ -21,8 +18,8 @@ from app.config import ConfigError, Settings
 from app.db import create_engine, create_sessionmaker
 from app.keys import service as keys_service
 from app.main import create_app
+from app.state import app_state
 from tests.conftest import TEST_API_KEY, asgi_client, make_settings
-from tests.foundation.support import CLI, clean_env, run, sync_url
 
 PUBLIC = {
     ("GET", "/health"),
@@ -146,68 +143,13 @@ async def test_keys_are_compared_in_constant_time(app: FastAPI, monkeypatch: pyt
     assert calls, "the bootstrap key was compared without hmac.compare_digest"
 
 
-def _cli(args: list[str], db_url: str, tmp_path: Path) -> tuple[int, str, str]:
-    proc = run([CLI, *args], cwd=tmp_path, env=clean_env(DATABASE_URL=sync_url(db_url)))
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-async def _stored_rows(db_url: str) -> list[dict[str, Any]]:
-    engine = create_engine(make_settings(db_url), pool=False)
-    try:
-        async with engine.connect() as conn:
-            rows = (await conn.execute(sa.text("SELECT * FROM api_keys"))).mappings().all()
-    finally:
-        await engine.dispose()
-    return [dict(r) for r in rows]
-
-
-async def test_cli_key_is_printed_once_stored_hashed_and_revocable(
-    settings: Settings, db_url: str, tmp_path: Path
-) -> None:
-    code, out, err = _cli(["keys", "create", "ci-bot"], db_url, tmp_path)
-    assert code == 0, err
-    key = out.strip()
-    assert len(out.splitlines()) == 1
-    assert key.startswith("tc-")
-    assert len(key) >= 40
-    assert "shown only this once" in err
-
-    rows = await _stored_rows(db_url)
-    assert len(rows) == 1
-    assert rows[0]["key_hash"] == hashlib.sha256(key.encode()).hexdigest()
-    assert all(key not in str(value) for value in rows[0].values())
-
-    code, listing, _ = _cli(["keys", "list"], db_url, tmp_path)
-    assert code == 0
-    assert "ci-bot" in listing
-    assert key not in listing
-
-    # No API_KEYS and production: the stored key alone lets the service start and be used.
-    only_stored = make_settings(db_url, api_keys="", environment="production", auth={"key_cache_ttl_s": 0})
-    app = create_app(only_stored)
-    async with LifespanManager(app, startup_timeout=60), asgi_client(app, api_key=key) as client:
-        assert (await client.get("/metrics")).status_code == 200
-
-        code, out, err = _cli(["keys", "revoke", "ci-bot"], db_url, tmp_path)
-        assert code == 0, err
-        assert "revoked" in out
-
-        response = await client.get("/metrics")
-        assert response.status_code == 401
-        assert response.json()["error"]["code"] == "invalid_api_key"
-
-    code, _, err = _cli(["keys", "revoke", "ci-bot"], db_url, tmp_path)
-    assert code == 1
-    assert "no active API key" in err
-
-
 async def test_stored_key_checks_are_cached_for_the_configured_ttl(settings: Settings) -> None:
     app = create_app(make_settings(settings.database_url, auth={"key_cache_ttl_s": 0}))
     async with LifespanManager(app, startup_timeout=60):
-        assert app.state.authenticator._ttl_s == 0
+        assert app_state(app).authenticator._ttl_s == 0
     default = create_app(settings)
     async with LifespanManager(default, startup_timeout=60):
-        assert default.state.authenticator._ttl_s == 5.0
+        assert app_state(default).authenticator._ttl_s == 5.0
 
 
 class TestRefuseToStartWithoutKey:

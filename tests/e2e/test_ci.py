@@ -8,10 +8,12 @@ import sys
 
 import pytest
 
-from tests.foundation.support import REPO, free_port, run
+from tests.fixtures.support import REPO, free_port, run
+
+pytestmark = pytest.mark.e2e
 
 # Any test that needs the Postgres backend will do; this one is quick.
-PG_TEST = "tests/foundation/test_health.py::TestHealth::test_liveness"
+PG_TEST = "tests/health/test_router.py::TestHealth::test_liveness"
 
 
 def _pytest(**env: str) -> tuple[int, str]:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from app.config import Settings
 from app.logs import configure_logging
 from tests.conftest import asgi_client, make_settings
-from tests.foundation.support import create_test_app
+from tests.fixtures.support import create_test_app
 
 
 @pytest.fixture

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
+import sqlalchemy as sa
+from asgi_lifespan import LifespanManager
 
-from tests.foundation.support import CLI, clean_env, free_port, run
+from app.config import Settings
+from app.db import create_engine
+from app.main import create_app
+from tests.conftest import asgi_client, make_settings
+from tests.fixtures.support import CLI, clean_env, free_port, run, sync_url
+
+pytestmark = pytest.mark.e2e
 
 COMMANDS = ["serve", "worker", "migrate", "emulator", "demo", "keys"]
 
@@ -132,3 +143,58 @@ def test_serve_answers_healthz_and_stops_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _cli(args: list[str], db_url: str, tmp_path: Path) -> tuple[int, str, str]:
+    proc = run([CLI, *args], cwd=tmp_path, env=clean_env(DATABASE_URL=sync_url(db_url)))
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+async def _stored_rows(db_url: str) -> list[dict[str, Any]]:
+    engine = create_engine(make_settings(db_url), pool=False)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(sa.text("SELECT * FROM api_keys"))).mappings().all()
+    finally:
+        await engine.dispose()
+    return [dict(r) for r in rows]
+
+
+async def test_cli_key_is_printed_once_stored_hashed_and_revocable(
+    settings: Settings, db_url: str, tmp_path: Path
+) -> None:
+    code, out, err = _cli(["keys", "create", "ci-bot"], db_url, tmp_path)
+    assert code == 0, err
+    key = out.strip()
+    assert len(out.splitlines()) == 1
+    assert key.startswith("tc-")
+    assert len(key) >= 40
+    assert "shown only this once" in err
+
+    rows = await _stored_rows(db_url)
+    assert len(rows) == 1
+    assert rows[0]["key_hash"] == hashlib.sha256(key.encode()).hexdigest()
+    assert all(key not in str(value) for value in rows[0].values())
+
+    code, listing, _ = _cli(["keys", "list"], db_url, tmp_path)
+    assert code == 0
+    assert "ci-bot" in listing
+    assert key not in listing
+
+    # No API_KEYS and production: the stored key alone lets the service start and be used.
+    only_stored = make_settings(db_url, api_keys="", environment="production", auth={"key_cache_ttl_s": 0})
+    app = create_app(only_stored)
+    async with LifespanManager(app, startup_timeout=60), asgi_client(app, api_key=key) as client:
+        assert (await client.get("/metrics")).status_code == 200
+
+        code, out, err = _cli(["keys", "revoke", "ci-bot"], db_url, tmp_path)
+        assert code == 0, err
+        assert "revoked" in out
+
+        response = await client.get("/metrics")
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_api_key"
+
+    code, _, err = _cli(["keys", "revoke", "ci-bot"], db_url, tmp_path)
+    assert code == 1
+    assert "no active API key" in err

@@ -18,7 +18,7 @@ from app import migrations
 from app.config import Settings
 from app.main import create_app
 from tests.conftest import asgi_client, make_settings
-from tests.foundation.support import free_port
+from tests.fixtures.support import free_port
 
 PUBLIC_PATHS = {"/health", "/healthz", "/readyz"}
 

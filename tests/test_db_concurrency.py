@@ -1,7 +1,7 @@
 """Concurrent writes through the API all succeed, on SQLite and on Postgres.
 
 Two routes: a test route that reads then writes in one transaction through the normal session
-dependency (tests/foundation/support.py), and the product's own POST /v1/trajectories.
+dependency (tests/fixtures/support.py), and the product's own POST /v1/trajectories.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from app.keys.models import ApiKey
+from app.state import app_state
 
 WRITERS = 50
 
@@ -25,7 +26,7 @@ async def test_fifty_concurrent_writes_through_the_api_all_succeed(
     )
     statuses = [r.status_code for r in responses]
     assert statuses == [201] * WRITERS, [r.text for r in responses if r.status_code != 201][:3]
-    async with test_app.state.sessionmaker() as session:
+    async with app_state(test_app).sessionmaker() as session:
         stored = await session.scalar(sa.select(sa.func.count()).select_from(ApiKey))
     assert stored == WRITERS
     assert len({r.json()["id"] for r in responses}) == WRITERS

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from app.cli import build_parser
-from tests.foundation.support import REPO
+from tests.fixtures.support import REPO
 
 CONTRACT_SETTINGS = [
     "DATABASE_URL",
@@ -175,6 +175,11 @@ class TestDockerfile:
             for source in sources:
                 assert (REPO / source).exists(), source
                 assert source.rstrip("/") not in {i.rstrip("/") for i in ignored}, source
+
+    def test_the_production_image_leaves_the_development_tools_out(self) -> None:
+        copied = [source for ins, args in _dockerfile() if ins == "COPY" for source in shlex.split(args)[:-1]]
+        assert "app" in copied
+        assert not [s for s in copied if s.rstrip("/") in {".", "app_dev", "tests", "bench"}], copied
 
     def test_dockerignore_keeps_secrets_and_local_state_out(self) -> None:
         ignored = set((REPO / ".dockerignore").read_text().split())

@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel, SecretStr
 
 from app.config import ConfigError, Settings, load_settings, normalise_database_url
-from tests.foundation.support import BIN, CLI, REPO, clean_env, free_port, run
+from tests.fixtures.support import REPO, clean_env
 
 CONTRACT_ENV = {
     "DATABASE_URL": "postgresql://svc@db.internal:5432/training",
@@ -123,40 +123,6 @@ class TestDatabaseUrl:
     def test_unknown_log_format_names_the_variable_and_the_value(self) -> None:
         with pytest.raises(ConfigError, match=r"LOG_FORMAT: .*'console' or 'json' \(got 'xml'\)"):
             load_settings(log_format="xml")
-
-
-ENTRY_POINTS = {
-    "training-control migrate": lambda port: [CLI, "migrate"],
-    "training-control serve": lambda port: [CLI, "serve", "--port", str(port)],
-    "uvicorn app.main:app": lambda port: [str(BIN / "uvicorn"), "app.main:app", "--port", str(port)],
-}
-
-
-BAD_VALUES = {"DATABASE_URL": "mysql://root@localhost/x", "LOG_FORMAT": "xml"}
-
-
-@pytest.mark.parametrize(
-    ("entry", "variable"),
-    [
-        ("training-control migrate", "DATABASE_URL"),
-        ("training-control serve", "LOG_FORMAT"),
-        ("uvicorn app.main:app", "DATABASE_URL"),
-        ("uvicorn app.main:app", "LOG_FORMAT"),
-    ],
-)
-def test_bad_setting_stops_the_process_with_one_line(entry: str, variable: str, tmp_path: Path) -> None:
-    proc = run(
-        ENTRY_POINTS[entry](free_port()),
-        cwd=tmp_path,
-        env=clean_env(**{variable: BAD_VALUES[variable], "ENVIRONMENT": "development"}),
-        timeout=60,
-    )
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith(f"training-control: invalid configuration: {variable}:")
-    assert "Traceback" not in proc.stderr + proc.stdout
-    assert not (tmp_path / "data").exists(), "nothing may be created before settings are valid"
 
 
 class TestSecrets:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +16,7 @@ from fastapi import FastAPI
 from app import errors
 from app.config import Settings
 from tests.conftest import asgi_client, make_settings
-from tests.foundation.support import create_test_app
+from tests.fixtures.support import create_test_app
 
 ENVELOPE_KEYS = {"message", "type", "param", "code"}
 
@@ -229,7 +231,6 @@ class TestAppErrors:
         [
             errors.BadRequest,
             errors.Unauthorized,
-            errors.Forbidden,
             errors.NotFound,
             errors.MethodNotAllowed,
             errors.Conflict,
@@ -237,11 +238,8 @@ class TestAppErrors:
             errors.UnsupportedMediaType,
             errors.Unprocessable,
             errors.InvalidJSON,
-            errors.RateLimited,
             errors.InternalError,
-            errors.UpstreamError,
             errors.ServiceUnavailable,
-            errors.UpstreamTimeout,
         ],
     )
     async def test_each_subclass_renders_its_status_in_the_envelope(self, cls: type[errors.AppError]) -> None:
@@ -261,3 +259,70 @@ class TestAppErrors:
             "code": cls.default_code,
         }
         assert 400 <= cls.status_code < 600
+
+
+class TestStoredErrors:
+    def test_an_app_error_is_stored_with_its_code_message_and_param(self) -> None:
+        error = errors.BadRequest(
+            "seed must be a non-negative 64-bit integer", param="seed", code="invalid_seed"
+        )
+        assert error.stored() == {
+            "code": "invalid_seed",
+            "message": "seed must be a non-negative 64-bit integer",
+            "param": "seed",
+        }
+
+    def test_an_error_without_a_code_is_stored_under_the_callers_default(self) -> None:
+        error = errors.AppError("boom")
+        assert error.stored(default_code="build_failed") == {
+            "code": "build_failed",
+            "message": "boom",
+            "param": None,
+        }
+
+    def test_a_stored_error_reads_back_as_the_response_object(self) -> None:
+        stored = errors.stored_error("build_interrupted", "the build stopped")
+        assert errors.ErrorObject.model_validate(stored).model_dump() == stored
+
+
+class TestOneRendering:
+    def test_render_error_is_the_envelope_with_every_field(self) -> None:
+        rendered = errors.render_error(errors.NotFound("no such thing", param="id", code="thing_not_found"))
+        assert rendered == (
+            b'{"error":{"message":"no such thing","type":"invalid_request_error",'
+            b'"param":"id","code":"thing_not_found"}}'
+        )
+
+    def test_an_instance_may_carry_a_status_decided_at_run_time(self) -> None:
+        error = errors.AppError(
+            "upstream said no", status_code=429, type_="rate_limit_error", code="slow_down"
+        )
+        response = errors.error_response(error)
+        assert response.status_code == 429
+        assert response.body == errors.render_error(error)
+
+
+def _envelope_literals(path: Path) -> list[int]:
+    """Lines of dict literals shaped like the envelope: {"error": {"message": …}}."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values, strict=True):
+                if (
+                    isinstance(key, ast.Constant)
+                    and key.value == "error"
+                    and isinstance(value, ast.Dict)
+                    and any(isinstance(k, ast.Constant) and k.value == "message" for k in value.keys)
+                ):
+                    found.append(node.lineno)
+    return found
+
+
+def test_only_render_error_builds_the_envelope() -> None:
+    app_dir = Path(errors.__file__).parent
+    builders = {
+        f"{path.relative_to(app_dir)}:{line}"
+        for path in app_dir.rglob("*.py")
+        for line in _envelope_literals(path)
+    }
+    assert builders == {f"errors.py:{_envelope_literals(Path(errors.__file__))[0]}"}

@@ -1,0 +1,101 @@
+"""What a running app holds, typed: one `AppState` on `app.state`, reached one way
+(`app_state(app)`, or `StateDep` in a route).
+
+The settings and metrics exist from `create_app`; the database engine, sessionmaker and key
+authenticator from the lifespan's start (reading them earlier is a bug and says so); the
+gateway and the in-process worker while their lifecycles run them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.applications import Starlette
+
+from app.config import Settings
+from app.health.metrics import Metrics
+from app.keys.service import Authenticator
+
+if TYPE_CHECKING:  # types only: these packages sit above the core and import it
+    from app.datasets.metrics import DatasetMetrics
+    from app.gateway.metrics import GatewayMetrics
+    from app.gateway.proxy import Gateway
+    from app.registry.resolution import ModelResolver
+    from app.worker.loop import Worker
+
+_KEY = "app_state"
+
+
+class NotStarted(RuntimeError):
+    """A part that exists only while the app's lifespan runs was read outside it."""
+
+
+class AppState:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._engine: AsyncEngine | None = None
+        self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
+        self._authenticator: Authenticator | None = None
+        self.gateway: Gateway | None = None
+        self.worker: Worker | None = None
+        # the features' own collectors (one set per app registry) and background tasks
+        self.gateway_metrics: GatewayMetrics | None = None
+        self.gateway_retention: asyncio.Task[None] | None = None
+        self.dataset_metrics: DatasetMetrics | None = None
+        self.dataset_builds: set[asyncio.Task[object]] = set()
+
+    def open(
+        self,
+        engine: AsyncEngine,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        authenticator: Authenticator,
+    ) -> None:
+        self._engine, self._sessionmaker, self._authenticator = engine, sessionmaker, authenticator
+
+    def close(self) -> None:
+        self._engine = None
+
+    @property
+    def started(self) -> bool:
+        return self._engine is not None
+
+    @property
+    def engine_or_none(self) -> AsyncEngine | None:
+        """The engine while the app runs (the metrics read pool gauges only then)."""
+        return self._engine
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise NotStarted("the database engine exists only while the app's lifespan runs")
+        return self._engine
+
+    @property
+    def sessionmaker(self) -> async_sessionmaker[AsyncSession]:
+        if self._sessionmaker is None:
+            raise NotStarted("the sessionmaker exists only while the app's lifespan runs")
+        return self._sessionmaker
+
+    @property
+    def authenticator(self) -> Authenticator:
+        if self._authenticator is None:
+            raise NotStarted("the authenticator exists only while the app's lifespan runs")
+        return self._authenticator
+
+    @property
+    def resolver(self) -> ModelResolver:
+        """The registry's name resolver (its cache is the gateway's)."""
+        if self.gateway is None:
+            raise NotStarted("the model resolver exists only while the gateway runs")
+        return self.gateway.resolver
+
+    def attach(self, app: Starlette) -> None:
+        setattr(app.state, _KEY, self)
+
+
+def app_state(app: Starlette) -> AppState:
+    state: AppState = getattr(app.state, _KEY)
+    return state
