@@ -18,12 +18,14 @@ from app.config import NO_API_KEY_MESSAGE, ConfigError, Settings, load_settings
 from app.datasets import lifecycle as datasets_lifecycle
 from app.datasets.router import router as datasets_router
 from app.db import create_engine, create_sessionmaker
+from app.docs import OPENAPI_TAGS, install_docs
 from app.errors import error_responses, install_error_handlers
 from app.files.router import router as files_router
 from app.gateway import lifecycle as gateway_lifecycle
 from app.gateway.router import router as gateway_router
 from app.health.metrics import Metrics
 from app.health.router import router as health_router
+from app.health.schema import check_schema_at_start, install_schema_error_handler
 from app.jobs.router import router as jobs_router
 from app.keys.service import Authenticator, count_active_keys
 from app.logs import configure_logging
@@ -71,6 +73,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
     engine = create_engine(settings)
     app.state.engine = engine
+    try:
+        await check_schema_at_start(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
     app.state.sessionmaker = create_sessionmaker(engine)
     app.state.authenticator = Authenticator(
         [k.get_secret_value() for k in settings.api_keys],
@@ -103,8 +110,10 @@ def create_app(settings: Settings) -> FastAPI:
         description=DESCRIPTION,
         lifespan=_lifespan,
         generate_unique_id_function=_operation_id,
-        # Public: /docs and /openapi.json only (contract); ReDoc would be a third docs route.
+        # Public: /docs and /openapi.json only (contract); /docs is served offline by app/docs.py.
+        docs_url=None,
         redoc_url=None,
+        openapi_tags=OPENAPI_TAGS,
         responses=error_responses(500),
     )
     app.state.settings = settings
@@ -114,10 +123,12 @@ def create_app(settings: Settings) -> FastAPI:
     metrics.watch_engine(lambda: app.state.engine)
 
     install_error_handlers(app)
+    install_schema_error_handler(app)
     protected: dict[str, Any] = {
         "dependencies": [Depends(require_api_key)],
         "responses": error_responses(400, 401, 413, 415, 422),
     }
+    install_docs(app)
     app.include_router(health_router)
     app.include_router(files_router, **protected)
     app.include_router(trajectories_router, **protected)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app.config import Settings
+from app.health.schema import WhileSchemaAtHead
 from app.worker.loop import Worker
 
 
@@ -13,13 +14,14 @@ async def startup(app: FastAPI) -> None:
     app.state.worker = None
     if not settings.run_worker:
         return
-    worker = Worker(settings, app.state.sessionmaker)
+    # Paused (one log line) while the database schema is not at head (app/health/schema.py).
+    worker = WhileSchemaAtHead(app.state.engine, lambda: Worker(settings, app.state.sessionmaker))
     await worker.start()
     app.state.worker = worker
 
 
 async def shutdown(app: FastAPI) -> None:
-    worker: Worker | None = getattr(app.state, "worker", None)
+    worker: WhileSchemaAtHead | None = getattr(app.state, "worker", None)
     if worker is not None:
         await worker.stop()
         app.state.worker = None

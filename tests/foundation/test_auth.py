@@ -32,6 +32,8 @@ PUBLIC = {
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/openapi.json"),
 }
+# Swagger UI's own script, CSS and icon (app/docs.py); the folder itself lists nothing (404).
+PUBLIC_MOUNTS = {("GET", "/docs/assets")}
 
 
 def _concrete(path: str) -> str:
@@ -60,7 +62,7 @@ async def _call(client: httpx.AsyncClient, method: str, path: str) -> httpx.Resp
 
 
 def _is_public(method: str, template: str) -> bool:
-    return (method if method != "HEAD" else "GET", template) in PUBLIC
+    return (method if method != "HEAD" else "GET", template) in PUBLIC | PUBLIC_MOUNTS
 
 
 async def unprotected_routes(app: FastAPI) -> list[str]:
@@ -197,7 +199,7 @@ async def test_cli_key_is_printed_once_stored_hashed_and_revocable(
         assert response.json()["error"]["code"] == "invalid_api_key"
 
     code, _, err = _cli(["keys", "revoke", "ci-bot"], db_url, tmp_path)
-    assert code == 1
+    assert code == 7  # ExitCode.NOT_FOUND
     assert "no active API key" in err
 
 
