@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from fastapi import FastAPI, Request
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
@@ -25,7 +26,7 @@ from starlette.responses import Response
 
 from app.config import ConfigError
 from app.errors import ServiceUnavailable, app_error_response
-from app.migrations import alembic_config, current_revisions, head_revisions
+from app.migrations import alembic_config, head_revisions
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +88,18 @@ class SchemaNotAtHead(ConfigError):
         self.state = state
 
 
+def _current_revisions(connection: sa.Connection) -> frozenset[str]:
+    # Read directly rather than through Alembic's MigrationContext, which logs two INFO lines
+    # per call: this runs at every start, every /health and every worker schema check.
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return frozenset()
+    return frozenset(connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalars())
+
+
 async def read_schema_state(engine: AsyncEngine) -> SchemaState:
     async with engine.connect() as conn:
-        current = await conn.run_sync(current_revisions)
-    return SchemaState(current=frozenset(current), heads=head_revisions())
+        current = await conn.run_sync(_current_revisions)
+    return SchemaState(current=current, heads=head_revisions())
 
 
 async def require_schema_at_head(engine: AsyncEngine) -> SchemaState:

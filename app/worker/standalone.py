@@ -20,16 +20,16 @@ async def run_worker(settings: Settings) -> int:
         await asyncio.to_thread(
             migrations.upgrade, settings.database_url, lock_timeout_s=settings.db.migrate_lock_timeout_s
         )
-    if settings.is_sqlite:
-        logger.info(
-            "worker.sqlite note=run one worker per SQLite database (the API's RUN_WORKER or this one)"
-        )
     engine = create_engine(settings)
     try:
         await require_schema_at_head(engine)  # refuses in one line (app/health/schema.py)
     except BaseException:
         await engine.dispose()
         raise
+    if settings.is_sqlite:
+        logger.info(
+            "worker.sqlite note=run one worker per SQLite database (the API's RUN_WORKER or this one)"
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
