@@ -187,8 +187,3 @@ def test_the_cli_session_shown_in_the_readme_is_made_of_real_commands() -> None:
         "models list",
         "aliases set",
     }
-
-
-def test_the_readme_points_at_nothing_outside_the_repository() -> None:
-    assert "../shared" not in README.read_text()
-    assert "TC_SHARED_DIR" not in README.read_text()

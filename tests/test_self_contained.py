@@ -44,3 +44,9 @@ def test_the_babylon_fixture_uses_the_copies_in_the_repository() -> None:
     assert babylon.GENERATE_PY == FIXTURES / "generate.py"
     assert babylon.SCHEMA_SQL.is_file()
     assert babylon.GENERATE_PY.is_file()
+
+
+def test_the_readme_points_at_nothing_beside_the_repository() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert not OUTSIDE_READS.search(readme)
+    assert "shared/babylon" not in readme
