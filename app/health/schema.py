@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -145,7 +146,7 @@ def install_schema_error_handler(app: FastAPI) -> None:
             state = None
             if engine is not None:
                 with contextlib.suppress(Exception):
-                    state = await read_schema_state(engine)
+                    state = await _state_beside_the_failed_request(engine)
             if state is None or not state.at_head:
                 message = (
                     state.describe()
@@ -167,6 +168,27 @@ def install_schema_error_handler(app: FastAPI) -> None:
 
     app.add_exception_handler(OperationalError, handle)
     app.add_exception_handler(ProgrammingError, handle)
+
+
+async def _state_beside_the_failed_request(engine: AsyncEngine) -> SchemaState:
+    """The schema state, read while the failed request's session may still be open.
+
+    On SQLite that session holds the write lock (every transaction begins IMMEDIATE, app/db.py),
+    so a second engine connection would wait for it; a plain read-only sqlite3 connection reads
+    alongside it (WAL readers take no lock)."""
+    path = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return await read_schema_state(engine)
+
+    def read() -> frozenset[str]:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)) as conn:
+            if conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='alembic_version'"
+            ).fetchone():
+                return frozenset(row[0] for row in conn.execute("SELECT version_num FROM alembic_version"))
+            return frozenset()
+
+    return SchemaState(current=await asyncio.to_thread(read), heads=head_revisions())
 
 
 # -- the worker pauses while the schema is behind -------------------------------------------------

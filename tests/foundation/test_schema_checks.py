@@ -79,6 +79,9 @@ API_CALLS = [
     ("GET", "/v1/fine_tuning/jobs/ftjob-0123456789abcdef01234567"),
     ("GET", "/v1/trajectories"),
     ("POST", "/v1/datasets"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/scores"),
+    ("GET", "/v1/fine_tuning/jobs/ftjob-0123456789abcdef01234567/checkpoints"),
 ]
 
 
@@ -106,7 +109,7 @@ async def test_a_schema_that_falls_behind_while_running_is_a_clear_503_everywher
             error = response.json()["error"]
             assert error["code"] == "schema_not_at_head", (method, path)
             assert error["type"] == "server_error"
-            assert error["message"] == body["reason"]
+            assert error["message"] == body["reason"], (method, path)
 
         await upgrade(fresh_db_url)
         assert (await client.get("/health")).status_code == 200
