@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 from app.cli import terminal
 
@@ -53,3 +55,24 @@ def test_a_live_line_redraws_in_place_on_a_terminal_and_prints_once_in_a_pipe() 
     live.update("step 1/2 ▕█░▏")
     live.finish("step 1/2 done")
     assert pipe.getvalue() == "step 1/2 done\n"
+
+
+NO_RICH = """
+import socket, sys
+sys.modules["rich"] = None  # as if the demo-only extra were not installed: `import rich` fails
+from app.cli import main
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{s.getsockname()[1]}"
+code = main(["jobs", "list", "--base-url", url])
+assert not any(name == "rich" or name.startswith("rich.") for name, m in sys.modules.items() if m), "rich"
+sys.exit(code)
+"""
+
+
+def test_the_operator_commands_work_without_rich() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_RICH], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 5, proc.stderr  # reached the HTTP call: the service is not there
+    assert "cannot reach the service" in proc.stderr
