@@ -159,6 +159,9 @@ async def test_the_worker_pauses_with_one_line_while_the_schema_is_behind(
         # Step by step, as an operator's restore might: still one line for the whole episode.
         await downgrade(fresh_db_url, "0002")
         await wait_for(lambda: gate.service is None)
+        # The polls that raced the check (a loaded machine may let one or two through) and no more.
+        raced = [m for m in caplog.messages if m.startswith("worker.claim_failed")]
+        assert len(raced) <= 3, raced
         await downgrade(fresh_db_url)
         # Long enough for dozens of claim polls (0.05 s) had the worker kept polling.
         await asyncio.sleep(2.0)
@@ -173,7 +176,7 @@ async def test_the_worker_pauses_with_one_line_while_the_schema_is_behind(
             waiting[0],
         ), waiting
         failed_claims = [m for m in caplog.messages if m.startswith("worker.claim_failed")]
-        assert len(failed_claims) <= 1, failed_claims  # at most the poll that raced the check
+        assert failed_claims == raced, "the paused worker kept polling"
 
         await upgrade(fresh_db_url)
         await wait_for(lambda: gate.service is not None)
