@@ -19,6 +19,7 @@ from app.config import NO_API_KEY_MESSAGE, ConfigError, Settings, load_settings
 from app.datasets import lifecycle as datasets_lifecycle
 from app.datasets.router import router as datasets_router
 from app.db import create_engine, create_sessionmaker
+from app.docs import OPENAPI_TAGS, install_docs
 from app.errors import error_responses, install_error_handlers
 from app.files.router import router as files_router
 from app.gateway import lifecycle as gateway_lifecycle
@@ -26,6 +27,7 @@ from app.gateway.route import GatewayRoute
 from app.gateway.router import router as gateway_router
 from app.health.metrics import Metrics
 from app.health.router import router as health_router
+from app.health.schema import check_schema_at_start, install_schema_error_handler
 from app.jobs.router import router as jobs_router
 from app.keys.service import Authenticator, count_active_keys
 from app.logs import configure_logging
@@ -84,6 +86,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             migrations.upgrade, settings.database_url, lock_timeout_s=settings.db.migrate_lock_timeout_s
         )
     engine = create_engine(settings)
+    try:
+        await check_schema_at_start(engine)
+    except BaseException:
+        await engine.dispose()
+        raise
     sessionmaker = create_sessionmaker(engine)
     authenticator = Authenticator(
         [k.get_secret_value() for k in settings.api_keys], sessionmaker, ttl_s=settings.auth.key_cache_ttl_s
@@ -117,8 +124,10 @@ def create_app(settings: Settings, adapters: Sequence[GameAdapter] = GAME_ADAPTE
         description=DESCRIPTION,
         lifespan=_lifespan,
         generate_unique_id_function=_operation_id,
-        # Public: /docs and /openapi.json only (contract); ReDoc would be a third docs route.
+        # Public: /docs and /openapi.json only (contract); /docs is served offline by app/docs.py.
+        docs_url=None,
         redoc_url=None,
+        openapi_tags=OPENAPI_TAGS,
         responses=error_responses(500),
     )
     metrics = Metrics()
@@ -128,10 +137,12 @@ def create_app(settings: Settings, adapters: Sequence[GameAdapter] = GAME_ADAPTE
 
     install_error_handlers(app)
     install_game_adapters(adapters)
+    install_schema_error_handler(app)
     protected: dict[str, Any] = {
         "dependencies": [Depends(require_api_key)],
         "responses": error_responses(400, 401, 413, 415, 422),
     }
+    install_docs(app)
     # The gateway first: routes are matched in order, and /v1/chat/completions is the hot path
     # (each route tried before it costs ~1.5 µs; bench/proxy/README.md). Auth runs in the
     # gateway's own route class (app/gateway/route.py), not as a dependency: cheaper on the

@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # types only: these packages sit above the core and import it
     from app.datasets.metrics import DatasetMetrics
     from app.gateway.metrics import GatewayMetrics
     from app.gateway.proxy import Gateway
+    from app.health.schema import WhileSchemaAtHead
     from app.registry.resolution import ModelResolver
-    from app.worker.loop import Worker
 
 _KEY = "app_state"
 
@@ -40,7 +40,9 @@ class AppState:
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._authenticator: Authenticator | None = None
         self.gateway: Gateway | None = None
-        self.worker: Worker | None = None
+        self.worker: WhileSchemaAtHead | None = (
+            None  # the in-process worker, paused while the schema is behind
+        )
         # the features' own collectors (one set per app registry) and background tasks
         self.gateway_metrics: GatewayMetrics | None = None
         self.gateway_retention: asyncio.Task[None] | None = None

@@ -29,6 +29,8 @@ PUBLIC = {
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/openapi.json"),
 }
+# Swagger UI's own script, CSS and icon (app/docs.py); the folder itself lists nothing (404).
+PUBLIC_MOUNTS = {("GET", "/docs/assets")}
 
 
 def _concrete(path: str) -> str:
@@ -57,7 +59,7 @@ async def _call(client: httpx.AsyncClient, method: str, path: str) -> httpx.Resp
 
 
 def _is_public(method: str, template: str) -> bool:
-    return (method if method != "HEAD" else "GET", template) in PUBLIC
+    return (method if method != "HEAD" else "GET", template) in PUBLIC | PUBLIC_MOUNTS
 
 
 async def unprotected_routes(app: FastAPI) -> list[str]:

@@ -178,3 +178,29 @@ def test_the_postgres_walkthrough_runs_as_written(tmp_path: Path) -> None:
         if log.exists():
             log.rename(tmp_path / "serve.log")
         subprocess.run(["dropdb", "--if-exists", "--force", db], env=env, capture_output=True, check=False)
+
+
+def test_the_readmes_exit_codes_are_the_clis() -> None:
+    from app.cli.exit_codes import MEANINGS, ExitCode
+
+    table = section(README.read_text(), "CLI reference").split("| code | meaning |", 1)[1]
+    rows = dict(re.findall(r"^\| (\d+) \| (.+) \|$", table, flags=re.M))
+    assert rows == {str(int(code)): MEANINGS[code] for code in ExitCode}
+
+
+def test_the_cli_session_shown_in_the_readme_is_made_of_real_commands() -> None:
+    text = section(README.read_text(), "Operating from the command line")
+    shown = re.findall(r"^\$ training-control (.+)$", text, flags=re.M)
+    assert {" ".join(c.split()[:2]) for c in shown} >= {"jobs list", "jobs follow", "aliases set"}
+    parser = build_parser()
+    for command in shown:
+        parser.parse_args(shlex.split(command))  # exits (fails the test) on a usage error
+    documented = set(re.findall(r"^\| `(\w+ \w+)", text, flags=re.M))
+    assert documented >= {
+        "jobs list",
+        "jobs show",
+        "jobs cancel",
+        "jobs follow",
+        "models list",
+        "aliases set",
+    }

@@ -2,7 +2,10 @@
 `TrajectoryGroup` shape: `{"trajectories": [...], "metadata": {"scenario_id": ...}}`).
 
 Lines are validated one at a time as they are read, so memory holds one line; the first bad
-line stops the upload with its 1-based number and the path of the bad field.
+line stops the upload with its 1-based number and the path of the bad field. The reader counts
+groups, trajectories and trainable turns as it goes, and `GroupReader.check_trainable` refuses
+a file that ART could not train on at all, with what to change (the format is in
+`app/files/format.py` and the README's "The training file").
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import IO, Any
 
 import orjson
 
+from app.trajectories.art_shape import count_turns
 from app.trajectories.validation import Problem, normalize_trajectory
 
 GROUP_KEYS = frozenset({"trajectories", "metadata", "metrics", "logs", "exceptions"})
@@ -26,6 +30,29 @@ class LineError(Exception):
 
     def __str__(self) -> str:
         return f"line {self.line}: {self.message}"
+
+
+class NoTrainableTurns(LineError):
+    """The whole file is well-formed but holds nothing ART trains on."""
+
+    def __init__(self, line: int, groups: int, trajectories: int) -> None:
+        super().__init__(line, no_trainable_turns_message(groups, trajectories), "no_trainable_data")
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def no_trainable_turns_message(groups: int, trajectories: int) -> str:
+    # The explanation a job on such data gives (app/jobs/service.py), with the fix for a file.
+    return (
+        f"the file has no trainable turns ({groups} groups, {trajectories} trajectories, 0 trainable "
+        "turns). ART trains only assistant turns that were sampled with logprobs: an entry of "
+        'messages_and_choices that is a Choice ({"finish_reason", "index", "message": {"role": '
+        '"assistant", ...}, "logprobs": {"content": [...]}}), not a plain assistant message, '
+        "which is context only. Write each turn to train as the Choice that /v1/chat/completions "
+        "returned with logprobs=true (the gateway captures them for you when the request carries "
+        'metadata.trajectory_id); the README\'s "The training file" shows a complete line.'
+    )
 
 
 @dataclass(frozen=True)
@@ -78,6 +105,9 @@ class GroupReader:
         self._stream = stream
         self.line = 0
         self.bytes = 0
+        self.groups = 0
+        self.trajectories = 0
+        self.trainable_turns = 0
 
     def next_batch(self, max_groups: int) -> list[ParsedGroup]:
         groups: list[ParsedGroup] = []
@@ -97,5 +127,16 @@ class GroupReader:
                 raise LineError(
                     self.line, f"not valid UTF-8 (byte {exc.start})", "invalid_encoding"
                 ) from None
-            groups.append(parse_group_line(self.line, raw))
+            group = parse_group_line(self.line, raw)
+            self.groups += 1
+            self.trajectories += len(group.trajectories)
+            self.trainable_turns += sum(count_turns(t).trainable for t in group.trajectories)
+            groups.append(group)
         return groups
+
+    def check_trainable(self) -> None:
+        """After the last line: refuse a file with no group, or with no turn ART can train."""
+        if self.groups == 0:
+            raise LineError(max(self.line, 1), "the file holds no trajectory group", "empty_file")
+        if self.trainable_turns == 0:
+            raise NoTrainableTurns(self.line, self.groups, self.trajectories)

@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 from app.deps import SessionDep
 from app.errors import BadRequest, error_responses
 from app.files import service
+from app.files.format import TRAINING_FILE_FORMAT
 from app.files.schemas import FileDeleted, FileObject
 from app.pagination import ListPage
 from app.state import app_state
@@ -17,7 +18,13 @@ from app.state import app_state
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
-@router.post("", response_model=FileObject, responses=error_responses(400, 413))
+@router.post(
+    "",
+    response_model=FileObject,
+    responses=error_responses(400, 413),
+    description="Upload a JSONL of trajectory groups (`purpose=fine-tune`). A malformed file is "
+    "refused with the first bad line and what is wrong with it.\n" + TRAINING_FILE_FORMAT,
+)
 async def create_file(
     request: Request,
     file: UploadFile,

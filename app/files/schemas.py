@@ -21,6 +21,11 @@ class FileObject(BaseModel):
     status_details: str | None = None
     expires_at: int | None = None
     dataset_id: str | None = Field(description="the dataset (source=file) holding the file's groups")
+    group_count: int = Field(description="GRPO groups (lines) in the file")
+    trajectory_count: int = Field(description="trajectories in all groups")
+    trainable_turns: int = Field(
+        description="assistant turns that are sampled Choices with logprobs: what ART trains"
+    )
 
     @classmethod
     def from_row(cls, row: File) -> FileObject:
@@ -32,6 +37,9 @@ class FileObject(BaseModel):
             purpose=row.purpose,
             status=FileStatus(row.status),
             dataset_id=row.dataset_id,
+            group_count=row.group_count,
+            trajectory_count=row.trajectory_count,
+            trainable_turns=row.trainable_turns,
         )
 
 

@@ -88,8 +88,7 @@ async def upload_file(
                 writer.add_group(group.scenario_id, rewards, group.trajectories, trainable)
                 stats.add_group(rewards, trainable, context_only, with_trainable)
             await writer.flush()
-        if stats.groups_kept == 0:
-            raise LineError(max(reader.line, 1), "the file holds no trajectory group", "empty_file")
+        reader.check_trainable()
     except LineError as exc:
         await _remove(sessionmaker, dataset_id)
         raise BadRequest(f"invalid JSONL file {filename!r}: {exc}", param="file", code=exc.code) from None
@@ -115,6 +114,9 @@ async def upload_file(
             bytes=reader.bytes,
             status=FileStatus.PROCESSED,
             dataset_id=dataset_id,
+            group_count=reader.groups,
+            trajectory_count=reader.trajectories,
+            trainable_turns=reader.trainable_turns,
         )
         session.add(file)
         await session.commit()

@@ -6,14 +6,13 @@ import datetime as dt
 import logging
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.auth import require_api_key
 from app.errors import error_responses
-from app.migrations import current_revisions, head_revisions
+from app.health.schema import SchemaState, read_schema_state
 from app.state import app_state
 
 logger = logging.getLogger(__name__)
@@ -21,30 +20,38 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 
-async def _database_ok(request: Request) -> bool:
+async def _database_and_schema(request: Request) -> tuple[bool, SchemaState | None]:
     try:
-        async with app_state(request.app).engine.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
-        return True
+        return True, await read_schema_state(app_state(request.app).engine)
     except Exception as exc:
         logger.warning("health.database_unreachable error=%s", type(exc).__name__)
-        return False
+        return False, None
 
 
 @router.get(
     "/health",
     summary="Babylon health check",
-    responses={503: {"description": "The database is unreachable (same shape, status `unhealthy`)"}},
+    responses={
+        503: {
+            "description": "The database is unreachable, or its schema is not at the newest migration "
+            "(same shape, status `unhealthy`; `reason` says what to do)"
+        }
+    },
 )
 async def health(request: Request) -> JSONResponse:
-    """The shape the game's old Python worker answered: 503 when the database is unreachable."""
-    ok = await _database_ok(request)
+    """The shape the game's old Python worker answered; 503 when the database is unreachable or
+    its schema is not the one this version needs (`reason` names the command to run)."""
+    connected, schema = await _database_and_schema(request)
+    ok = connected and schema is not None and schema.at_head
     body: dict[str, Any] = {
         "status": "healthy" if ok else "unhealthy",
-        "database": "connected" if ok else "disconnected",
+        "database": "connected" if connected else "disconnected",
         "wandb": "configured" if app_state(request.app).settings.wandb_configured else "not_configured",
         "timestamp": dt.datetime.now(dt.UTC).isoformat(),
     }
+    if schema is not None and not schema.at_head:
+        body["schema"] = "not_at_head"
+        body["reason"] = schema.describe()
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
@@ -62,19 +69,9 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the database answers and its schema is at the newest migration."""
     checks: dict[str, str] = {}
-    try:
-        async with app_state(request.app).engine.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
-            current = await conn.run_sync(current_revisions)
-        checks["database"] = "ok"
-        heads = head_revisions()
-        checks["migrations"] = (
-            "ok" if current == heads else f"at {sorted(current) or 'none'}, head is {sorted(heads)}"
-        )
-    except Exception as exc:
-        logger.warning("ready.database_unreachable error=%s", type(exc).__name__)
-        checks["database"] = "unreachable"
-        checks["migrations"] = "unknown"
+    connected, schema = await _database_and_schema(request)
+    checks["database"] = "ok" if connected else "unreachable"
+    checks["migrations"] = "unknown" if schema is None else "ok" if schema.at_head else schema.describe()
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503

@@ -125,3 +125,53 @@ def resolve_hyperparameters(hyperparameters: object, method: object) -> Hyperpar
     if method_hp is not None:
         return parse_hyperparameters(method_hp, param="method.reinforcement.hyperparameters")
     return parse_hyperparameters(hyperparameters, param="hyperparameters")
+
+
+def _documented(field_schema: dict[str, Any]) -> dict[str, Any]:
+    """A field's schema as the API accepts it: its own type, `"auto"` (the default) or null."""
+    described: dict[str, Any] = {k: field_schema[k] for k in ("description", "default") if k in field_schema}
+    typed = {k: v for k, v in field_schema.items() if k not in ("title", "description", "default")}
+    options = typed.pop("anyOf", None) or [typed]
+    options = [o for o in options if o.get("type") != "null"]
+    return {"anyOf": [*options, {"const": "auto"}, {"type": "null"}], **described}
+
+
+def hyperparameters_request_schema() -> dict[str, Any]:
+    """The JSON schema of `hyperparameters` in a create request, for the OpenAPI document.
+
+    Derived from `Hyperparameters` so the docs cannot drift; validation itself stays in
+    `parse_hyperparameters` (400 naming the field, OpenAI's aliases, `"auto"`).
+    """
+    model = Hyperparameters.model_json_schema()
+    properties = {name: _documented(schema) for name, schema in model["properties"].items()}
+    for alias, name in ALIASES.items():
+        properties[alias] = {**properties[name], "description": f"OpenAI's name for `{name}`"}
+    return {
+        "type": "object",
+        "title": "Hyperparameters",
+        "description": 'Every field is optional; `"auto"` or null means the default.',
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def method_request_schema() -> dict[str, Any]:
+    """The JSON schema of `method`: only OpenAI's reinforcement method is supported."""
+    return {
+        "type": "object",
+        "title": "Method",
+        "description": "OpenAI's fine-tuning method; this service trains with reinforcement learning "
+        "(W&B Serverless RL). OpenAI's `grader` is not used: rewards come from the training data.",
+        "properties": {
+            "type": {"const": "reinforcement"},
+            "reinforcement": {
+                "type": "object",
+                "properties": {"hyperparameters": hyperparameters_request_schema()},
+            },
+        },
+        "required": ["type"],
+        "example": {
+            "type": "reinforcement",
+            "reinforcement": {"hyperparameters": {"learning_rate": 1e-5, "groups_per_step": 4}},
+        },
+    }

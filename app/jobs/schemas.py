@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from app.db import to_unix
+from app.jobs.hyperparameters import hyperparameters_request_schema, method_request_schema
 from app.jobs.models import FineTuningJob, JobEvent
 from app.pagination import ListPage
 from app.registry.models import Checkpoint
@@ -25,13 +26,26 @@ class CreateJobRequest(BaseModel):
         None, description="names the W&B model line; jobs with the same suffix continue one line"
     )
     seed: int | None = None
-    metadata: Any = Field(None, description="up to 16 string pairs; keys ≤ 64, values ≤ 512 characters")
-    hyperparameters: Any = None
-    method: Any = Field(
-        None, description="{'type': 'reinforcement', 'reinforcement': {'hyperparameters': …}}"
+    # Free-form at validation (the service answers 400 naming the field); typed in the docs.
+    metadata: Annotated[
+        Any,
+        WithJsonSchema(
+            {
+                "type": "object",
+                "additionalProperties": {"type": "string", "maxLength": 512},
+                "maxProperties": 16,
+            }
+        ),
+    ] = Field(None, description="up to 16 string pairs; keys ≤ 64, values ≤ 512 characters")
+    hyperparameters: Annotated[Any, WithJsonSchema(hyperparameters_request_schema())] = Field(
+        None, description="deprecated by OpenAI in favour of method.reinforcement.hyperparameters"
     )
+    method: Annotated[Any, WithJsonSchema(method_request_schema())] = None
     validation_file: str | None = None
-    integrations: Any = None
+    integrations: Annotated[
+        Any,
+        WithJsonSchema({"type": "array", "items": {"type": "object"}, "description": "accepted and ignored"}),
+    ] = None
     webhook_url: str | None = Field(
         None, description="notified on succeeded/failed/cancelled (also metadata['webhook_url'])"
     )

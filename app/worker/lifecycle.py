@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app.config import Settings
+from app.health.schema import WhileSchemaAtHead
 from app.state import app_state
 from app.worker.loop import Worker
 
@@ -14,13 +15,15 @@ async def startup(app: FastAPI) -> None:
     app_state(app).worker = None
     if not settings.run_worker:
         return
-    worker = Worker(settings, app_state(app).sessionmaker)
+    # Paused (one log line) while the database schema is not at head (app/health/schema.py).
+    state = app_state(app)
+    worker = WhileSchemaAtHead(state.engine, lambda: Worker(settings, state.sessionmaker))
     await worker.start()
     app_state(app).worker = worker
 
 
 async def shutdown(app: FastAPI) -> None:
-    worker: Worker | None = app_state(app).worker
+    worker: WhileSchemaAtHead | None = app_state(app).worker
     if worker is not None:
         await worker.stop()
         app_state(app).worker = None

@@ -8,6 +8,8 @@ import datetime as dt
 import json
 import secrets
 
+import asyncpg
+
 from app.babylon.connection import connect
 from app_dev.demo.game import GameResult, PlayedTrajectory
 
@@ -132,6 +134,54 @@ async def _write(dsn: str, game: GameResult) -> int:
     finally:
         await conn.close()
     return len(game.trajectories)
+
+
+# The game's tables the demo writes into and the service reads back (babylon-data.md).
+GAME_TABLES = ("User", "trajectories", "market_outcomes", "training_batches", "trained_models")
+SCHEMA_FIXTURE = "tests/fixtures/babylon_game/schema.sql"
+
+
+class GameDatabaseUnusable(Exception):
+    """`--babylon-db` cannot be used; the message says why and what to do. `schema_missing`
+    tells a database without the game's tables from one that cannot be reached."""
+
+    def __init__(self, message: str, *, schema_missing: bool) -> None:
+        super().__init__(message)
+        self.schema_missing = schema_missing
+
+
+async def _missing_tables(dsn: str) -> list[str]:
+    conn = await connect(dsn, connect_timeout_s=10.0)
+    try:
+        found = {
+            row["tablename"]
+            for row in await conn.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tablename = ANY($1)",
+                list(GAME_TABLES),
+            )
+        }
+    finally:
+        await conn.close()
+    return [t for t in GAME_TABLES if t not in found]
+
+
+def check_game_database(dsn: str) -> None:
+    """Before anything starts: the game's database answers and has the game's tables."""
+    try:
+        missing = asyncio.run(_missing_tables(dsn))
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        reason = (str(exc) or type(exc).__name__).splitlines()[0]
+        raise GameDatabaseUnusable(
+            f"cannot connect to the game's database at --babylon-db: {reason}", schema_missing=False
+        ) from None
+    if missing:
+        names = ", ".join(f'"{t}"' for t in missing)
+        raise GameDatabaseUnusable(
+            f"the game's schema is missing in the --babylon-db database (no table {names}): load the "
+            f"game's DDL into an empty database first, e.g. `psql -v ON_ERROR_STOP=1 -d <database> -f "
+            f"{SCHEMA_FIXTURE}` (in this repository), then rerun",
+            schema_missing=True,
+        )
 
 
 def write_game(dsn: str, game: GameResult) -> int:

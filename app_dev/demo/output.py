@@ -58,10 +58,15 @@ class Reporter:
             for key, value in rows:
                 print(f"    {key}: {value}")
 
-    def lines(self, title: str, lines: list[str]) -> None:
-        self._print(f"  {title}:")
+    def lines(self, lines: list[str]) -> None:
         for line in lines:
-            self._print(f"    {line}")
+            self._print(f"  {line}")
+
+    def refuse(self, message: str, summary: dict[str, Any]) -> None:
+        """Nothing was started: one line on stderr (and the summary with --json)."""
+        print(f"training-control demo: {message}", file=sys.stderr, flush=True)
+        if self.json_mode:
+            print(json.dumps(summary, indent=2, default=str), flush=True)
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
@@ -93,12 +98,13 @@ class Reporter:
             print(json.dumps(summary, indent=2, default=str), flush=True)
             return
         seconds = summary.get("seconds", 0)
-        verdict = (
-            f"Demo finished in {seconds} s: every stage succeeded."
-            if summary.get("ok")
-            else f"Demo stopped after {seconds} s: a stage failed (see above)."
-        )
-        self._print(
-            f"\n{verdict}",
-            style="bold green" if summary.get("ok") else "bold red",
-        )
+        if summary.get("interrupted"):
+            # Ctrl-C, possibly while --keep-running served a demo whose stages all succeeded:
+            # the run ends interrupted, never "every stage succeeded" as well.
+            done = sum(1 for stage in summary.get("stages", {}).values() if stage.get("ok"))
+            verdict, style = f"Demo interrupted after {seconds} s ({done} of 6 stages done).", "bold yellow"
+        elif summary.get("ok"):
+            verdict, style = f"Demo finished in {seconds} s: every stage succeeded.", "bold green"
+        else:
+            verdict, style = f"Demo stopped after {seconds} s: a stage failed (see above).", "bold red"
+        self._print(f"\n{verdict}", style=style)

@@ -43,6 +43,8 @@ BASE_MODEL = "OpenPipe/Qwen3-14B-Instruct"
 # The emulator accepts any non-empty key; a real deployment sets WANDB_API_KEY instead.
 EMULATOR_KEY = "demo-emulator-key"
 TERMINAL = {"succeeded", "failed", "cancelled"}
+# Exit code of a --babylon-db without the game's tables (app/cli/exit_codes.py, SCHEMA).
+SCHEMA_MISSING = 4
 
 
 @dataclass
@@ -350,10 +352,11 @@ class Demo:
     def next_steps(self) -> dict[str, Any]:
         url = self.service_url
         job = self.summary.get("job_id", "")
+        auth = f"Authorization: Bearer {self.api_key}"
         lines = [
             f"Swagger UI:   {url}/docs",
-            f"Metrics:      curl -H 'Authorization: Bearer <key>' {url}/metrics",
-            f"The job:      curl -H 'Authorization: Bearer <key>' {url}/v1/fine_tuning/jobs/{job}",
+            f"Metrics:      curl -H '{auth}' {url}/metrics",
+            f"The job:      training-control jobs show {job} --base-url {url} --api-key {self.api_key}",
             f"Demo data:    {self.options.workdir} (SQLite database and process logs)",
             "Real W&B:     set WANDB_API_KEY (and WANDB_ENTITY) and run `training-control serve`: "
             "nothing else changes (WANDB_BASE_URL defaults to W&B Training).",
@@ -362,7 +365,7 @@ class Demo:
             lines.insert(
                 0, "(the demo stops its processes on exit; rerun with --keep-running to browse them)"
             )
-        self.report.lines("where to look next", lines)
+        self.report.lines(lines)
         return {
             "swagger_ui": f"{url}/docs",
             "metrics": f"{url}/metrics",
@@ -371,6 +374,15 @@ class Demo:
 
     def run(self) -> int:
         started = time.monotonic()
+        if self.options.babylon_db:
+            # Before anything starts: a database the demo cannot use is one line, not a failed
+            # stage after the emulator and the service were started for nothing.
+            try:
+                babylon_seed.check_game_database(self.options.babylon_db)
+            except babylon_seed.GameDatabaseUnusable as exc:
+                self.summary["error"] = str(exc)
+                self.report.refuse(str(exc), self.summary)
+                return SCHEMA_MISSING if exc.schema_missing else 1
         with process_group() as group:
             try:
                 self.stage("start", "1. Starting the W&B emulator and the service", lambda: self.start(group))
@@ -393,6 +405,7 @@ class Demo:
             except KeyboardInterrupt:
                 self.report.fail("interrupted")
                 self.summary["interrupted"] = True
+                self.summary["ok"] = False  # the exit code is 130, not 0
         self.summary["seconds"] = round(time.monotonic() - started, 1)
         self.report.finish(self.summary)
         if self.summary.get("interrupted"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tomllib
 
 import pytest
 
@@ -52,3 +53,36 @@ def test_ci_script_runs_both_backends_and_fails_on_missing_postgres() -> None:
     assert "export TEST_BACKENDS=sqlite,postgres" in script
     assert "ruff format --check" in script
     assert ".venv/bin/mypy" in script
+
+
+BROWSER_TEST = "tests/e2e/test_docs_browser.py"
+
+
+def _browser_test(**env: str) -> tuple[int, str]:
+    environment = {**os.environ, "TEST_BACKENDS": "sqlite", "TEST_CHROMIUM": "/nonexistent/chromium", **env}
+    environment.pop("PYTEST_ADDOPTS", None)
+    proc = run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", BROWSER_TEST],
+        cwd=REPO,
+        env=environment,
+        timeout=300,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_a_missing_browser_fails_the_docs_test_in_ci_and_skips_elsewhere() -> None:
+    code, output = _browser_test(CI="true")
+    assert code == 1, output
+    assert "no browser at /nonexistent/chromium" in output
+    code, output = _browser_test(CI="")
+    assert code == 0, output
+    assert "1 skipped" in output
+
+
+def test_ci_installs_what_the_browser_test_needs() -> None:
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "apt-get install -y -qq chromium" in ci
+    assert ci.index("pip install -q -e '.[dev]'") < ci.index("apt-get install -y -qq chromium")
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    dev_extra = pyproject["project"]["optional-dependencies"]["dev"]
+    assert any(requirement.startswith("playwright") for requirement in dev_extra)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,15 +19,17 @@ import pytest
 import sqlalchemy as sa
 from asgi_lifespan import LifespanManager
 
+from app.cli import main
 from app.config import Settings
 from app.db import create_engine
 from app.main import create_app
+from app.migrations import head_revisions
 from tests.conftest import asgi_client, make_settings
 from tests.fixtures.support import CLI, clean_env, free_port, run, sync_url
 
 pytestmark = pytest.mark.e2e
 
-COMMANDS = ["serve", "worker", "migrate", "emulator", "demo", "keys"]
+COMMANDS = ["serve", "worker", "migrate", "emulator", "demo", "keys", "jobs", "datasets", "models", "aliases"]
 
 
 def test_top_level_help_lists_every_command(tmp_path: Path) -> None:
@@ -196,5 +201,78 @@ async def test_cli_key_is_printed_once_stored_hashed_and_revocable(
         assert response.json()["error"]["code"] == "invalid_api_key"
 
     code, _, err = _cli(["keys", "revoke", "ci-bot"], db_url, tmp_path)
-    assert code == 1
+    assert code == 7  # ExitCode.NOT_FOUND
     assert "no active API key" in err
+
+
+def test_serve_on_a_taken_port_refuses_in_one_line_before_migrating(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run(
+            [CLI, "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env=clean_env(ENVIRONMENT="development", LOG_LEVEL="INFO"),
+        )
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"training-control: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(another process uses it? pick another with --port)"
+    ]
+    assert not (tmp_path / "data").exists(), "the port is checked before the database is touched"
+
+
+def _migrate_to(revision: str, cwd: Path) -> None:
+    proc = run([CLI, "migrate", revision], cwd=cwd, env=clean_env(LOG_LEVEL="WARNING"))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_serve_and_worker_refuse_a_schema_behind_head_in_one_line(tmp_path: Path) -> None:
+    _migrate_to("0001", tmp_path)
+    head = max(head_revisions())
+    expected = [
+        f"training-control: the database schema is at 0001 but this version needs {head}: "
+        "run `training-control migrate`"
+    ]
+    env = clean_env(ENVIRONMENT="development", MIGRATE_ON_START="false", LOG_LEVEL="INFO")
+    serve = run([CLI, "serve", "--port", str(free_port())], cwd=tmp_path, env=env)
+    worker = run([CLI, "worker"], cwd=tmp_path, env=env)
+    for proc in (serve, worker):
+        assert proc.returncode == 4, proc.stderr
+        assert proc.stderr.splitlines() == expected
+
+
+def test_serve_migrates_once_and_the_app_only_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # In-process: uvicorn's run is replaced by the app's lifespan, so the whole start-up path of
+    # `serve` runs (port, migration, key check, create_app, lifespan) without serving.
+    import uvicorn
+    from asgi_lifespan import LifespanManager
+
+    from app import migrations
+
+    calls: list[str] = []
+    real_upgrade = migrations.upgrade
+
+    def counting_upgrade(url: str, revision: str = "head", **kwargs: object) -> None:
+        calls.append(revision)
+        real_upgrade(url, revision, **kwargs)  # type: ignore[arg-type]
+
+    def run_lifespan(self: uvicorn.Server, sockets: object = None) -> None:
+        async def go() -> None:
+            async with LifespanManager(self.config.app, startup_timeout=60):
+                self.started = True
+
+        asyncio.run(go())
+
+    monkeypatch.setattr(migrations, "upgrade", counting_upgrade)
+    monkeypatch.setattr(uvicorn.Server, "run", run_lifespan)
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.upper().startswith(("DATABASE_URL", "MIGRATE_ON_START", "API_KEYS", "RUN_WORKER")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ENVIRONMENT", "development")
+    monkeypatch.setenv("RUN_WORKER", "false")
+    assert main(["serve", "--port", str(free_port())]) == 0
+    assert calls == ["head"]
+    assert (tmp_path / "data" / "training.db").is_file()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from typing import Any
 
@@ -14,7 +13,6 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from app import migrations
 from app.config import Settings
 from app.main import create_app
 from tests.conftest import asgi_client, make_settings
@@ -73,19 +71,6 @@ class TestDatabaseDown:
             response = await client.get("/readyz")
         assert response.status_code == 503
         assert response.json()["checks"]["database"] == "unreachable"
-
-
-async def test_readyz_is_503_while_migrations_are_behind(fresh_db_url: str) -> None:
-    await asyncio.to_thread(migrations.upgrade, fresh_db_url, "0001")
-    app = create_app(make_settings(fresh_db_url))
-    async with LifespanManager(app, startup_timeout=60), asgi_client(app, api_key=None) as client:
-        response = await client.get("/readyz")
-    assert response.status_code == 503
-    body = response.json()
-    assert body["status"] == "not_ready"
-    assert body["checks"]["database"] == "ok"
-    assert "0001" in body["checks"]["migrations"]
-    assert max(migrations.head_revisions()) in body["checks"]["migrations"]
 
 
 def _samples(text: str) -> list[Sample]:

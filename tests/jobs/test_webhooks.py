@@ -103,8 +103,16 @@ async def test_succeeded_job_notifies_global_and_job_urls_with_signed_retried_de
                 api_key="unused", webhook_secret="whsec_" + base64.b64encode(b"x" * 32).decode()
             ).webhooks.unwrap(body.decode(), headers)
 
-        async with svc.sessionmaker() as session:
-            rows = {r.url: r for r in (await session.scalars(sa.select(WebhookDelivery))).all()}
+        async def deliveries() -> dict[str, WebhookDelivery]:
+            async with svc.sessionmaker() as session:
+                return {r.url: r for r in (await session.scalars(sa.select(WebhookDelivery))).all()}
+
+        # The receiver records the 200 before the worker commits "delivered": wait for the row.
+        async def recorded() -> bool:
+            return all(r.status == "delivered" for r in (await deliveries()).values())
+
+        await wait_until(recorded, what="deliveries recorded")
+        rows = await deliveries()
         assert rows[f"{receiver.url}/global"].status == "delivered"
         assert rows[f"{receiver.url}/global"].attempts == 3
         assert rows[f"{receiver.url}/global"].last_status_code == 200

@@ -36,6 +36,6 @@ def test_emulator_reports_a_port_in_use(capsys: pytest.CaptureFixture[str]) -> N
         taken.listen()
         port = taken.getsockname()[1]
 
-        assert main(["emulator", "--port", str(port)]) == 1
+        assert main(["emulator", "--port", str(port)]) == 3  # ExitCode.PORT_IN_USE
 
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
