@@ -15,7 +15,6 @@ from app import migrations
 from app.auth import require_api_key
 from app.babylon.router import router as train_router
 from app.config import NO_API_KEY_MESSAGE, ConfigError, Settings, load_settings
-from app.datasets import lifecycle as datasets_lifecycle
 from app.datasets.router import router as datasets_router
 from app.db import create_engine, create_sessionmaker
 from app.errors import error_responses, install_error_handlers
@@ -30,8 +29,10 @@ from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware, StartupErrorMiddleware
 from app.registry.router import router as models_router
 from app.scoring.router import router as scoring_router
+from app.training.keycheck import WandbKeyChecker
 from app.trajectories.router import router as trajectories_router
 from app.worker import lifecycle as worker_lifecycle
+from app.worker.metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -82,18 +83,23 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     except BaseException:
         await engine.dispose()
         raise
+    app.state.wandb_key = WandbKeyChecker(settings)
     try:
         await gateway_lifecycle.startup(app)
-        await datasets_lifecycle.startup(app)
         await worker_lifecycle.startup(app)
         logger.info("service.started database=%s", engine.url.get_backend_name())
         yield
     finally:
         await worker_lifecycle.shutdown(app)
-        await datasets_lifecycle.shutdown(app)
         await gateway_lifecycle.shutdown(app)
+        await app.state.wandb_key.close()
         await engine.dispose()
         logger.info("service.stopped")
+
+
+async def _refresh_job_gauges(app: FastAPI) -> None:
+    async with app.state.sessionmaker() as session:
+        await app.state.job_metrics.refresh(session, app.state.settings)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -112,6 +118,9 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
     app.state.metrics = metrics
     metrics.watch_engine(lambda: app.state.engine)
+    job_metrics = WorkerMetrics(metrics.registry)
+    app.state.job_metrics = job_metrics
+    metrics.add_refresher(lambda: _refresh_job_gauges(app))
 
     install_error_handlers(app)
     protected: dict[str, Any] = {

@@ -9,6 +9,7 @@ from app.keys.models import ApiKey
 from app.registry.models import Checkpoint, ModelAlias, ServedModel
 from app.scoring import models as _scoring  # noqa: F401
 from app.trajectories import models as _trajectories  # noqa: F401
+from app.worker import models as _worker  # noqa: F401
 
 __all__ = [
     "ApiKey",

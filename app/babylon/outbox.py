@@ -21,7 +21,7 @@ from app.config import Settings
 from app.datasets.models import DatasetGroup
 from app.errors import AppError
 from app.jobs.events import add_event
-from app.jobs.models import SUCCEEDED, TERMINAL_STATUSES, FineTuningJob
+from app.jobs.models import TERMINAL_STATUSES, FineTuningJob, JobStatus
 from app.registry.models import Checkpoint
 
 logger = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ async def process_handoff(
             return
         batch_row_id = job.babylon_batch_id
         assert batch_row_id is not None
-        avg_reward = await _avg_reward(session, job.dataset_id) if job.status == SUCCEEDED else None
-        loss = await _last_loss(session, job.id) if job.status == SUCCEEDED else None
+        avg_reward = await _avg_reward(session, job.dataset_id) if job.status == JobStatus.SUCCEEDED else None
+        loss = await _last_loss(session, job.id) if job.status == JobStatus.SUCCEEDED else None
     url = settings.babylon_database_url
     if url is None:
         await _finish(
@@ -89,7 +89,7 @@ async def process_handoff(
                 "error",
             )
             return
-        if job.status == SUCCEEDED and job.fine_tuned_model:
+        if job.status == JobStatus.SUCCEEDED and job.fine_tuned_model:
             model = await handoff.complete(
                 url,
                 batch=batch,

@@ -14,7 +14,7 @@ from app.babylon.batches import babylon_url, job_for_batch, start_batch_training
 from app.deps import SessionDep, SettingsDep
 from app.errors import error_responses
 from app.jobs.models import FineTuningJob
-from app.jobs.router import wake_worker
+from app.worker.lifecycle import wake_worker
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["babylon"])

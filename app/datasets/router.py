@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -14,10 +13,11 @@ from app.datasets.schemas import (
     DatasetObject,
     DatasetRejectionObject,
 )
-from app.datasets.tasks import start_build
+from app.datasets.tasks import wait_for_build
 from app.deps import SessionDep, SettingsDep
 from app.errors import BadRequest, error_responses
 from app.pagination import ListPage
+from app.worker.lifecycle import wake_worker
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -32,16 +32,14 @@ async def create_dataset(
     settings: SettingsDep,
     wait_s: Annotated[float, Query(ge=0, le=300, description="wait up to this long for the build")] = 2.0,
 ) -> DatasetObject:
-    """Build a dataset in the background. The answer comes when the build is done or after
-    `wait_s` (status `building`); poll `GET /v1/datasets/{id}` until `ready` or `failed`."""
-    await service.fail_stale_builds(session)
+    """Queue a dataset build for the workers. The answer comes when the build is done or after
+    `wait_s` (status `queued` or `building`); poll `GET /v1/datasets/{id}` until `ready` or
+    `failed`."""
     dataset_id = (await service.create_dataset(session, settings, body)).id
     await session.commit()
-    task = start_build(request.app, dataset_id)
-    if wait_s > 0:
-        await asyncio.wait({task}, timeout=wait_s)
-    session.expire_all()
-    return DatasetObject.from_row(await service.get_dataset(session, dataset_id))
+    wake_worker(request)
+    dataset = await wait_for_build(request.app.state.sessionmaker, dataset_id, wait_s)
+    return DatasetObject.from_row(dataset)
 
 
 @router.get("", response_model=ListPage[DatasetObject], responses=error_responses(400))

@@ -4,12 +4,15 @@
 - `list_group_rows(session, dataset_id, start=, limit=) -> [DatasetGroup]` (by position)
 - `create_babylon_dataset(session, settings, params) -> Dataset` (status "queued"; flushes)
 - `build_dataset(sessionmaker, settings, dataset_id) -> Dataset` (awaitable inline)
+
+Every dataset is built by a worker: creating one stages a `dataset_build` work item in the same
+transaction (app/worker/items.py), which any worker claims with a lease; a build whose worker
+died is started over by the next one (`build_dataset` discards the partial snapshot first).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -28,16 +31,17 @@ from app.datasets.snapshot import SnapshotWriter
 from app.datasets.stats import BuildStats
 from app.db import utcnow
 from app.errors import AppError, BadRequest, Conflict, NotFound
-from app.files.models import File
+from app.files.build import FileBuild
+from app.files.models import File, FileChunk, FileStatus
 from app.ids import new_id
 from app.pagination import after_row, created_order, cursor_anchor, fetch_page
 from app.scoring.registry import get_scorer
+from app.worker.items import enqueue
+from app.worker.models import WorkKind
 
 logger = logging.getLogger(__name__)
 
 QUEUED, BUILDING, READY, FAILED = "queued", "building", "ready", "failed"
-# a build refreshes its heartbeat at least every 20 s (babylon_build.HEARTBEAT_EVERY_S)
-STALE_BUILD_AFTER_S = 600.0
 
 
 async def get_dataset(session: AsyncSession, dataset_id: str) -> Dataset:
@@ -103,8 +107,8 @@ def _check_buildable(settings: Settings, params: DatasetCreate) -> None:
 
 
 async def create_dataset(session: AsyncSession, settings: Settings, params: DatasetCreate) -> Dataset:
-    """A queued dataset row for these parameters (validated: source configured, scorer known).
-    The caller commits, then builds it (`build_dataset`) inline or in the background."""
+    """A queued dataset row for these parameters (validated: source configured, scorer known)
+    and its build's work item; a worker builds it once the caller commits."""
     _check_buildable(settings, params)
     stored = params.model_dump(mode="json")
     if params.source == "babylon":
@@ -115,6 +119,16 @@ async def create_dataset(session: AsyncSession, settings: Settings, params: Data
     dataset = Dataset(id=new_id("ds"), status=QUEUED, source=params.source, params=stored, stats={})
     session.add(dataset)
     await session.flush()
+    enqueue(session, WorkKind.DATASET_BUILD, dataset.id)
+    await session.flush()
+    return dataset
+
+
+def queue_file_dataset(session: AsyncSession, file: File) -> Dataset:
+    """The dataset (source="file") an upload's groups become, queued for a worker to build."""
+    dataset = Dataset(id=new_id("ds"), status=QUEUED, source="file", params={"file_id": file.id}, stats={})
+    session.add(dataset)
+    enqueue(session, WorkKind.DATASET_BUILD, dataset.id)
     return dataset
 
 
@@ -148,19 +162,25 @@ async def create_babylon_dataset(
     return await create_dataset(session, settings, parsed)
 
 
-async def _claim(sessionmaker: async_sessionmaker[AsyncSession], dataset_id: str) -> Dataset | None:
-    """Move a queued dataset to building; None if it was not queued (someone else has it)."""
+async def _start(sessionmaker: async_sessionmaker[AsyncSession], dataset_id: str) -> Dataset | None:
+    """Move a queued dataset to building, or start a build over whose worker died (its partial
+    snapshot is removed); None if it is already ready or failed."""
     async with sessionmaker() as session:
-        now = utcnow()
-        result = await session.execute(
-            sa.update(Dataset)
-            .where(Dataset.id == dataset_id, Dataset.status == QUEUED)
-            .values(status=BUILDING, heartbeat_at=now)
-        )
-        await session.commit()
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        dataset = await get_dataset(session, dataset_id)
+        if dataset.status not in (QUEUED, BUILDING):
             return None
-        return await get_dataset(session, dataset_id)
+        restart = dataset.status == BUILDING
+        if restart:
+            await session.execute(sa.delete(DatasetGroup).where(DatasetGroup.dataset_id == dataset_id))
+            await session.execute(
+                sa.delete(DatasetRejection).where(DatasetRejection.dataset_id == dataset_id)
+            )
+            logger.warning("datasets.build_restarted dataset_id=%s", dataset_id)
+        dataset.status = BUILDING
+        dataset.heartbeat_at = utcnow()
+        dataset.stats = {}
+        await session.commit()
+        return dataset
 
 
 async def _finish(
@@ -187,6 +207,19 @@ async def _finish(
             dataset.group_count = stats.groups_kept
             dataset.trajectory_count = stats.rows_used
             dataset.trainable_turns = stats.trainable_turns
+        if dataset.source == "file":
+            await session.execute(
+                sa.update(File)
+                .where(File.dataset_id == dataset_id)
+                .values(
+                    status=FileStatus.ERROR if error is not None else FileStatus.PROCESSED,
+                    status_details=(error or {}).get("message"),
+                )
+            )
+            # the build has read the upload's bytes: its groups (or its error) are what remains
+            await session.execute(
+                sa.delete(FileChunk).where(FileChunk.file_id == dataset.params.get("file_id"))
+            )
         await session.commit()
         return dataset
 
@@ -213,23 +246,27 @@ def _error_of(exc: BaseException, babylon_url: str | None) -> dict[str, Any]:
 async def build_dataset(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, dataset_id: str
 ) -> Dataset:
-    """Build a queued dataset (queued → building → ready | failed) and return it.
+    """Build a dataset (queued → building → ready | failed) and return it.
 
-    Safe to await inline (a job's validation step) or to run as a background task. Opens its
-    own sessions and commits in short transactions. A dataset that is not queued (already
-    building elsewhere, ready, failed) is returned unchanged. Never raises for a failed build:
-    the dataset comes back with status "failed" and `error = {code, message, param}`.
+    Run by the worker holding the dataset's work item (the lease keeps two builds of one dataset
+    apart). Opens its own sessions and commits in short transactions. A dataset found
+    `building` was cut short (its worker died): it is started over. A ready or failed one is
+    returned unchanged. Never raises for a failed build: the dataset comes back with status
+    "failed" and `error = {code, message, param}`. A build cancelled by a worker's shutdown goes
+    back to queued, for the next worker.
     """
-    dataset = await _claim(sessionmaker, dataset_id)
+    dataset = await _start(sessionmaker, dataset_id)
     if dataset is None:
         async with sessionmaker() as session:
             return await get_dataset(session, dataset_id)
     params = DatasetCreate.model_validate(
         {k: v for k, v in dataset.params.items() if k in DatasetCreate.model_fields}
     )
-    build: BabylonBuild | PushedBuild | None = None
+    build: BabylonBuild | PushedBuild | FileBuild | None = None
     try:
-        if params.source == "babylon":
+        if dataset.source == "file":
+            build = FileBuild(sessionmaker, dataset_id, str(dataset.params.get("file_id")))
+        elif params.source == "babylon":
             _check_buildable(settings, params)
             assert settings.babylon_database_url is not None
             write_back = bool(dataset.params.get("write_scores"))
@@ -245,16 +282,8 @@ async def build_dataset(
             build = PushedBuild(sessionmaker, dataset_id, params)
         stats = await build.run()
     except asyncio.CancelledError:
-        await _fail_quietly(
-            sessionmaker,
-            dataset_id,
-            build,
-            {
-                "code": "build_cancelled",
-                "message": "the build was cancelled (service shutdown?)",
-                "param": None,
-            },
-        )
+        # the worker stops (its work item is handed back) or lost its lease: the dataset stays
+        # `building`, and the next worker to claim the item starts the build over
         raise
     except Exception as exc:
         error = _error_of(exc, settings.babylon_database_url)
@@ -282,10 +311,22 @@ async def build_dataset(
     return await _finish(sessionmaker, dataset_id, stats=stats)
 
 
+async def give_up(sessionmaker: async_sessionmaker[AsyncSession], dataset_id: str, attempts: int) -> Dataset:
+    """A build whose workers kept dying: fail the dataset with what happened."""
+    error = {
+        "code": "build_interrupted",
+        "message": f"the build was interrupted {attempts} times (its worker stopped); create the dataset again",
+        "param": None,
+    }
+    await _fail_quietly(sessionmaker, dataset_id, None, error)
+    async with sessionmaker() as session:
+        return await get_dataset(session, dataset_id)
+
+
 async def _fail_quietly(
     sessionmaker: async_sessionmaker[AsyncSession],
     dataset_id: str,
-    build: BabylonBuild | PushedBuild | None,
+    build: BabylonBuild | PushedBuild | FileBuild | None,
     error: dict[str, Any],
 ) -> None:
     try:
@@ -300,29 +341,6 @@ async def _fail_quietly(
         await _finish(sessionmaker, dataset_id, stats=build.stats if build is not None else None, error=error)
     except Exception:
         logger.exception("datasets.fail_record_failed dataset_id=%s", dataset_id)
-
-
-async def fail_stale_builds(session: AsyncSession, *, stale_after_s: float = STALE_BUILD_AFTER_S) -> int:
-    """Mark builds whose heartbeat stopped (the process died) as failed; returns how many."""
-    cutoff = utcnow() - dt.timedelta(seconds=stale_after_s)
-    result = await session.execute(
-        sa.update(Dataset)
-        .where(
-            Dataset.status.in_((QUEUED, BUILDING)),
-            sa.func.coalesce(Dataset.heartbeat_at, Dataset.created_at) < cutoff,
-        )
-        .values(
-            status=FAILED,
-            finished_at=utcnow(),
-            error={
-                "code": "build_interrupted",
-                "message": "the build stopped without finishing; create the dataset again",
-                "param": None,
-            },
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def list_datasets(

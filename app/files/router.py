@@ -12,6 +12,7 @@ from app.errors import BadRequest, error_responses
 from app.files import service
 from app.files.schemas import FileDeleted, FileObject
 from app.pagination import ListPage
+from app.worker.lifecycle import wake_worker
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -23,14 +24,17 @@ async def create_file(
     purpose: Annotated[str, Form()],
 ) -> FileObject:
     """Upload a JSONL of trajectory groups (`purpose=fine-tune`), one ART `TrajectoryGroup`
-    per line. A malformed file is refused with the first bad line and what is wrong with it.
-    The groups become a dataset usable as a job's `training_file` (the file id)."""
+    per line. Answers at once with the file `uploaded` and its dataset queued; a worker
+    validates every line and builds the dataset: the file then becomes `processed`, or `error`
+    with `status_details` naming the first bad line and what is wrong with it. The file id is
+    usable as a job's `training_file` once it is processed."""
     service.check_purpose(purpose)
     if not file.filename:
         raise BadRequest("the upload has no filename", param="file", code="invalid_file")
     row = await service.upload_file(
         request.app.state.sessionmaker, file.file, filename=file.filename, purpose=purpose
     )
+    wake_worker(request)
     return FileObject.from_row(row)
 
 

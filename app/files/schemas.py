@@ -17,7 +17,10 @@ class FileObject(BaseModel):
     created_at: int
     filename: str
     purpose: str
-    status: str = Field(description="processed: validated and stored as a dataset")
+    status: str = Field(
+        description="uploaded: stored, its dataset is being built; processed: every line was valid and the "
+        "groups are a dataset; error: status_details names the first bad line"
+    )
     status_details: str | None = None
     expires_at: int | None = None
     dataset_id: str | None = Field(description="the dataset (source=file) holding the file's groups")
@@ -31,6 +34,7 @@ class FileObject(BaseModel):
             filename=row.filename,
             purpose=row.purpose,
             status=row.status,
+            status_details=row.status_details,
             dataset_id=row.dataset_id,
         )
 

@@ -1,14 +1,15 @@
-"""Uploaded fine-tune files: validate line by line, store the groups as a dataset.
+"""Uploaded fine-tune files: store the bytes, queue the dataset build, answer at once.
 
-An upload writes its groups in short transactions while it reads (a large file never holds
-SQLite's write lock for long); the dataset stays `building`, invisible to jobs, until the
-last line is valid. A bad line removes everything written for the file.
+An upload writes the file's bytes to `file_chunks` in short transactions (a large file never
+holds SQLite's write lock for long), then, in one transaction, the file row's size, its
+dataset (queued) and the dataset's build work item. A worker builds the dataset like any
+other (app/files/build.py validates every line); the file is `uploaded` until then, and
+`processed` or `error` (with `status_details` naming the first bad line) after.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import IO
 
@@ -17,18 +18,15 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.datasets.models import Dataset, DatasetGroup
-from app.datasets.snapshot import SnapshotWriter
-from app.datasets.stats import FROM_FILE, BuildStats
-from app.db import utcnow
+from app.datasets.service import queue_file_dataset
 from app.errors import BadRequest, NotFound
-from app.files.jsonl import GroupReader, LineError
-from app.files.models import File
+from app.files.models import File, FileChunk, FileStatus
 from app.ids import new_id
 from app.pagination import after_row, created_order, cursor_anchor, fetch_page
-from app.trajectories.art_shape import count_turns
 
 PURPOSES = ("fine-tune",)
-BATCH_GROUPS = 200
+CHUNK_BYTES = 1024 * 1024
+CHUNKS_PER_COMMIT = 8
 
 
 def check_purpose(purpose: str) -> None:
@@ -44,86 +42,52 @@ def check_purpose(purpose: str) -> None:
 async def upload_file(
     sessionmaker: async_sessionmaker[AsyncSession], stream: IO[bytes], *, filename: str, purpose: str
 ) -> File:
-    """Validate and store a JSONL upload; BadRequest naming the first bad line."""
+    """Store an upload and queue its dataset build; returns the file (`uploaded`)."""
     check_purpose(purpose)
-    started = time.monotonic()
-    file_id, dataset_id = new_id("file"), new_id("ds")
+    file_id = new_id("file")
     async with sessionmaker() as session:
         session.add(
-            Dataset(
-                id=dataset_id,
-                status="building",
-                source="file",
-                params={"file_id": file_id},
-                stats={},
-                heartbeat_at=utcnow(),
-            )
+            File(id=file_id, filename=filename[:255], purpose=purpose, bytes=0, status=FileStatus.UPLOADED)
         )
         await session.commit()
-    writer = SnapshotWriter(
-        sessionmaker, dataset_id, source="file", scorer="", scorer_version="", max_listed_rejections=0
-    )
-    stats = BuildStats()
-    reader = GroupReader(stream)
-    no_signal = 0
     try:
-        while True:
-            batch = await asyncio.to_thread(reader.next_batch, BATCH_GROUPS)
-            if not batch:
-                break
-            for group in batch:
-                rewards = [float(t["reward"]) for t in group.trajectories]
-                trainable = context_only = with_trainable = 0
-                for traj in group.trajectories:
-                    turns = count_turns(traj)
-                    trainable += turns.trainable
-                    context_only += turns.context_only
-                    with_trainable += turns.trainable > 0
-                stats.rows_read += len(rewards)
-                stats.windows += 1
-                stats.context_sources[FROM_FILE] += len(rewards)
-                if len(rewards) < 2 or max(rewards) == min(rewards):
-                    no_signal += 1
-                writer.add_group(group.scenario_id, rewards, group.trajectories, trainable)
-                stats.add_group(rewards, trainable, context_only, with_trainable)
-            await writer.flush()
-        if stats.groups_kept == 0:
-            raise LineError(max(reader.line, 1), "the file holds no trajectory group", "empty_file")
-    except LineError as exc:
-        await _remove(sessionmaker, dataset_id)
-        raise BadRequest(f"invalid JSONL file {filename!r}: {exc}", param="file", code=exc.code) from None
+        size = await _store_chunks(sessionmaker, file_id, stream)
+        async with sessionmaker() as session:
+            file = await get_file(session, file_id)
+            file.bytes = size
+            file.dataset_id = queue_file_dataset(session, file).id
+            await session.commit()
+            return file
     except BaseException:
-        await asyncio.shield(_remove(sessionmaker, dataset_id))
+        await asyncio.shield(_remove(sessionmaker, file_id))
         raise
-    stats.duration_s = time.monotonic() - started
-    stats.extra["groups_without_signal"] = no_signal
-    stats.extra["scorer"] = None
-    async with sessionmaker() as session:
-        dataset = await session.get(Dataset, dataset_id)
-        assert dataset is not None
-        dataset.status = "ready"
-        dataset.stats = stats.to_dict()
-        dataset.group_count = stats.groups_kept
-        dataset.trajectory_count = stats.rows_used
-        dataset.trainable_turns = stats.trainable_turns
-        dataset.finished_at = utcnow()
-        file = File(
-            id=file_id,
-            filename=filename[:255],
-            purpose=purpose,
-            bytes=reader.bytes,
-            status="processed",
-            dataset_id=dataset_id,
-        )
-        session.add(file)
-        await session.commit()
-        return file
 
 
-async def _remove(sessionmaker: async_sessionmaker[AsyncSession], dataset_id: str) -> None:
+async def _store_chunks(
+    sessionmaker: async_sessionmaker[AsyncSession], file_id: str, stream: IO[bytes]
+) -> int:
+    size, seq = 0, 0
+    while True:
+        rows = []
+        for _ in range(CHUNKS_PER_COMMIT):
+            data = await asyncio.to_thread(stream.read, CHUNK_BYTES)
+            if not data:
+                break
+            rows.append({"file_id": file_id, "seq": seq, "data": data})
+            seq += 1
+            size += len(data)
+        if rows:
+            async with sessionmaker() as session:
+                await session.execute(sa.insert(FileChunk), rows)
+                await session.commit()
+        if len(rows) < CHUNKS_PER_COMMIT:
+            return size
+
+
+async def _remove(sessionmaker: async_sessionmaker[AsyncSession], file_id: str) -> None:
     async with sessionmaker() as session:
-        await session.execute(sa.delete(DatasetGroup).where(DatasetGroup.dataset_id == dataset_id))
-        await session.execute(sa.delete(Dataset).where(Dataset.id == dataset_id))
+        await session.execute(sa.delete(FileChunk).where(FileChunk.file_id == file_id))
+        await session.execute(sa.delete(File).where(File.id == file_id))
         await session.commit()
 
 

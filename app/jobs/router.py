@@ -21,17 +21,12 @@ from app.jobs.schemas import (
     event_object,
     job_object,
 )
+from app.worker.lifecycle import wake_worker
 
 router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"])
 
 METADATA_FILTER = re.compile(r"^metadata\[(.+)\]$")
 Limit = Annotated[int, Query(ge=1, le=100)]
-
-
-def wake_worker(request: Request) -> None:
-    worker = getattr(request.app.state, "worker", None)
-    if worker is not None:
-        worker.wake()
 
 
 @router.post("/jobs", response_model=JobObject, responses=error_responses(400, 404, 409))
@@ -95,8 +90,10 @@ async def retrieve_job(fine_tuning_job_id: str, session: SessionDep) -> JobObjec
 async def cancel_job(
     fine_tuning_job_id: str, request: Request, session: SessionDep, settings: SettingsDep
 ) -> JobObject:
-    """A queued job is cancelled at once; a running one at its next safe point (W&B has no
-    cancel endpoint, so a step already sent finishes and its checkpoint is kept)."""
+    """Cancel the job wherever it stands. A job no worker holds is cancelled at once; a running
+    one by its worker within `WORKER__POLL_INTERVAL_S` (the answer says `cancel_requested`). W&B
+    has no cancel endpoint: a step already sent may still finish there; the cancel event says
+    so, and its checkpoint is recorded under the job marked late (never latest or best)."""
     job = await service.cancel_job(session, settings, fine_tuning_job_id)
     await session.commit()
     wake_worker(request)

@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import AppError, NotFound
-from app.registry.models import Checkpoint, ModelAlias, ServedModel
+from app.registry.models import Checkpoint, CheckpointOrigin, ModelAlias, ServedModel
 
 ARTIFACT_PREFIX = "wandb-artifact:///"
 MAX_NAME_LENGTH = 500
@@ -144,7 +144,9 @@ async def _from_artifact_name(session: AsyncSession, name: str, rules: _Rules) -
 async def _from_job(session: AsyncSession, name: str, rules: _Rules) -> Resolution:
     rows = (
         await session.scalars(
-            sa.select(Checkpoint).where(Checkpoint.job_id == name).order_by(Checkpoint.step.desc())
+            sa.select(Checkpoint)
+            .where(Checkpoint.job_id == name, Checkpoint.origin == CheckpointOrigin.STEP)
+            .order_by(Checkpoint.step.desc())
         )
     ).all()
     if not rows:
@@ -190,7 +192,11 @@ async def _computed_alias(
     rows = (
         await session.scalars(
             sa.select(Checkpoint)
-            .where(Checkpoint.model_id == model.id, Checkpoint.deleted_at.is_(None))
+            .where(
+                Checkpoint.model_id == model.id,
+                Checkpoint.deleted_at.is_(None),
+                Checkpoint.origin == CheckpointOrigin.STEP,
+            )
             .order_by(Checkpoint.step.desc())
         )
     ).all()

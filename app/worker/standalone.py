@@ -1,17 +1,47 @@
-"""`training-control worker`: a job worker without HTTP, stopped gracefully by SIGTERM/SIGINT."""
+"""`training-control worker`: a worker without the API, stopped gracefully by SIGTERM/SIGINT.
+
+It serves its own Prometheus /metrics (prometheus_client's HTTP server, in a thread) on
+`WORKER__METRICS_HOST`:`WORKER__METRICS_PORT` (0: any free port, logged and recorded in the
+worker registry; -1: off): the job metrics of what this worker runs, and the queue gauges.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
 
 from app import migrations
 from app.config import Settings
 from app.db import create_engine, create_sessionmaker
 from app.worker.loop import Worker
+from app.worker.metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
+
+
+class WorkerStartError(Exception):
+    """The worker cannot start; the message says why and what to do."""
+
+
+def serve_metrics(settings: Settings, registry: CollectorRegistry) -> tuple[Any, int] | None:
+    """Start the metrics HTTP server; (server, port) or None when turned off."""
+    port = settings.worker.metrics_port
+    if port < 0:
+        return None
+    try:
+        server, _thread = start_http_server(port, addr=settings.worker.metrics_host, registry=registry)
+    except OSError as exc:
+        raise WorkerStartError(
+            f"cannot serve metrics on {settings.worker.metrics_host}:{port} ({exc.strerror or exc}); "
+            "set WORKER__METRICS_PORT to a free port, 0 for any free port, or -1 to turn it off"
+        ) from None
+    bound = int(server.server_address[1])
+    logger.info("worker.metrics_listening url=http://%s:%s/metrics", settings.worker.metrics_host, bound)
+    return server, bound
 
 
 async def run_worker(settings: Settings) -> int:
@@ -23,12 +53,24 @@ async def run_worker(settings: Settings) -> int:
         logger.info(
             "worker.sqlite note=run one worker per SQLite database (the API's RUN_WORKER or this one)"
         )
+    registry = CollectorRegistry(auto_describe=True)
+    metrics = WorkerMetrics(registry)
+    try:
+        served = serve_metrics(settings, registry)
+    except WorkerStartError as exc:
+        raise SystemExit(f"training-control: {exc}") from None
     engine = create_engine(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    worker = Worker(settings, create_sessionmaker(engine))
+    worker = Worker(
+        settings,
+        create_sessionmaker(engine),
+        metrics=metrics,
+        metrics_port=served[1] if served else None,
+        refresh_gauges=True,
+    )
     try:
         await worker.start()
         await stop.wait()
@@ -36,4 +78,6 @@ async def run_worker(settings: Settings) -> int:
     finally:
         await worker.stop()
         await engine.dispose()
+        if served is not None:
+            served[0].shutdown()
     return 0

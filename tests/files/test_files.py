@@ -1,8 +1,12 @@
-"""`/v1/files` through the official openai SDK: fine-tune JSONL of ART trajectory groups."""
+"""`/v1/files` through the official openai SDK: fine-tune JSONL of ART trajectory groups.
+
+An upload answers at once (`uploaded`, its dataset queued); the worker validates the lines and
+builds the dataset, after which the file is `processed` or `error` (naming the first bad line)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -13,6 +17,9 @@ from fastapi import FastAPI
 from app.datasets.models import Dataset, DatasetGroup
 from app.datasets.service import list_group_rows, resolve_training_file
 from app.errors import NotFound
+from app.files.models import FileChunk
+from app.worker.loop import Worker
+from tests.fixtures.service import running_worker
 
 CHOICE = {
     "index": 0,
@@ -41,20 +48,48 @@ def jsonl(*lines: Any) -> bytes:
     )
 
 
+@pytest.fixture
+async def worker(app: FastAPI) -> AsyncIterator[Worker]:
+    async with running_worker(app) as started:
+        yield started
+
+
+async def processed(client: openai.AsyncOpenAI, file_id: str) -> Any:
+    return await client.files.wait_for_processing(file_id, poll_interval=0.02, max_wait_seconds=30)
+
+
 GOOD = jsonl(
     {"trajectories": [trajectory(1.0), trajectory(0.0, trainable=False)], "metadata": {"scenario_id": "s1"}},
     {"trajectories": [trajectory(0.5), trajectory(0.7)]},
 )
 
 
-async def test_upload_list_retrieve_content_and_delete_with_the_openai_sdk(
+async def test_an_upload_answers_at_once_with_its_dataset_queued_and_no_worker_needed_to_answer(
     openai_client: openai.AsyncOpenAI, app: FastAPI
+) -> None:
+    created = await openai_client.files.create(file=("groups.jsonl", GOOD), purpose="fine-tune")
+    assert created.status == "uploaded"
+    assert created.bytes == len(GOOD)
+    dataset_id = (created.model_extra or {})["dataset_id"]
+    async with app.state.sessionmaker() as session:
+        dataset = await session.get(Dataset, dataset_id)
+        assert dataset is not None
+        assert (dataset.source, dataset.status) == ("file", "queued")
+    async with running_worker(app):
+        done = await processed(openai_client, created.id)
+    assert done.status == "processed"
+
+
+async def test_upload_list_retrieve_content_and_delete_with_the_openai_sdk(
+    openai_client: openai.AsyncOpenAI, app: FastAPI, worker: Worker
 ) -> None:
     created = await openai_client.files.create(
         file=("groups.jsonl", GOOD, "application/jsonl"), purpose="fine-tune"
     )
     assert created.id.startswith("file-")
-    assert (created.object, created.purpose, created.status) == ("file", "fine-tune", "processed")
+    assert (created.object, created.purpose) == ("file", "fine-tune")
+    created = await processed(openai_client, created.id)
+    assert created.status == "processed"
     assert created.bytes == len(GOOD)
     assert created.filename == "groups.jsonl"
     assert (await openai_client.files.retrieve(created.id)).id == created.id
@@ -145,26 +180,36 @@ async def test_upload_list_retrieve_content_and_delete_with_the_openai_sdk(
         (b'{"trajectories": [\xff]}\n', "line 1: not valid UTF-8", "invalid_encoding"),
     ],
 )
-async def test_a_malformed_file_is_refused_naming_the_first_bad_line(
-    openai_client: openai.AsyncOpenAI, app: FastAPI, content: bytes, says: str, code: str
+async def test_a_malformed_file_ends_in_error_naming_the_first_bad_line(
+    openai_client: openai.AsyncOpenAI, app: FastAPI, worker: Worker, content: bytes, says: str, code: str
 ) -> None:
-    with pytest.raises(openai.BadRequestError) as caught:
-        await openai_client.files.create(file=("bad.jsonl", content), purpose="fine-tune")
-    error = caught.value.body
-    assert isinstance(error, dict)
-    assert says in error["message"]
-    assert (error["param"], error["code"]) == ("file", code)
-    # nothing of the file is stored
-    assert [f async for f in openai_client.files.list()] == []
+    created = await openai_client.files.create(file=("bad.jsonl", content), purpose="fine-tune")
+    failed = await processed(openai_client, created.id)
+    assert failed.status == "error"
+    assert failed.status_details is not None
+    assert says in failed.status_details
     async with app.state.sessionmaker() as session:
-        assert await session.scalar(sa.select(sa.func.count()).select_from(Dataset)) == 0
+        dataset = await session.get(Dataset, (failed.model_extra or {})["dataset_id"])
+        assert dataset is not None
+        assert dataset.status == "failed"
+        assert dataset.error is not None
+        assert (dataset.error["param"], dataset.error["code"]) == ("file", code)
+        # nothing of the file's content is kept: no group, no raw bytes
+        assert await session.scalar(sa.select(sa.func.count()).select_from(DatasetGroup)) == 0
+        assert await session.scalar(sa.select(sa.func.count()).select_from(FileChunk)) == 0
+    # a job cannot be created from it: the error says why
+    async with app.state.sessionmaker() as session:
+        resolved = await resolve_training_file(session, created.id)
+        assert resolved.status == "failed"
 
 
-async def test_blank_lines_and_a_byte_order_mark_are_accepted(openai_client: openai.AsyncOpenAI) -> None:
+async def test_blank_lines_and_a_byte_order_mark_are_accepted(
+    openai_client: openai.AsyncOpenAI, worker: Worker
+) -> None:
     created = await openai_client.files.create(
         file=("g.jsonl", b"\xef\xbb\xbf" + GOOD + b"\n\n"), purpose="fine-tune"
     )
-    assert created.status == "processed"
+    assert (await processed(openai_client, created.id)).status == "processed"
 
 
 async def test_a_purpose_other_than_fine_tune_is_a_400(openai_client: openai.AsyncOpenAI) -> None:
