@@ -192,7 +192,7 @@ async def test_two_worker_processes_on_postgres_never_run_the_same_job(
         pytest.skip("several workers share a Postgres database; SQLite runs one worker")
     emulator.set_pace(0.02)
     async with start_service(run_worker=False) as svc:
-        job_ids = [await create_job(svc, f"pair-{i}", groups=2) for i in range(6)]
+        job_ids = [await create_job(svc, f"pair-{i}", groups=2) for i in range(4)]
         workers.append(
             WorkerProcess(svc.settings, emulator, tmp_path / "w1.log", WORKER__MAX_CONCURRENT_JOBS="2")
         )
@@ -218,7 +218,7 @@ async def test_two_worker_processes_on_postgres_never_run_the_same_job(
             for line in text.splitlines()
             if line.startswith('wandb_calls_total{outcome="ok",route="training_jobs.create"}')
         ]
-        assert sum(posts) == 12  # each worker reports the POSTs it made
+        assert sum(posts) == 8  # each worker reports the POSTs it made
         assert all("workers_live 2.0" in text for text in scraped)
         codes = [w.terminate() for w in workers]
         assert codes == [0, 0]
@@ -238,4 +238,4 @@ async def test_two_worker_processes_on_postgres_never_run_the_same_job(
             assert not any(m.startswith("Resumed") for m in text)
             starters.add(started[0])
             assert (await job_row(svc, job_id)).attempts == 1
-        assert emulator.counters()["training_jobs_total"] == 12
+        assert emulator.counters()["training_jobs_total"] == 8

@@ -109,6 +109,9 @@ async def test_succeeded_job_notifies_global_and_job_urls_with_signed_retried_de
         assert rows[f"{receiver.url}/global"].attempts == 3
         assert rows[f"{receiver.url}/global"].last_status_code == 200
         assert rows[f"{receiver.url}/job"].attempts == 1
+        registry = svc.app.state.metrics.registry
+        assert registry.get_sample_value("webhook_deliveries_total", {"outcome": "retry"}) == 2
+        assert registry.get_sample_value("webhook_deliveries_total", {"outcome": "delivered"}) == 2
 
 
 async def test_failed_and_cancelled_jobs_send_their_event_types(
@@ -152,3 +155,7 @@ async def test_a_receiver_that_keeps_failing_is_given_up_after_the_last_attempt(
         assert row is not None
         assert row.attempts == 3
         assert row.last_error == "HTTP 500"
+        assert (
+            svc.app.state.metrics.registry.get_sample_value("webhook_deliveries_total", {"outcome": "failed"})
+            == 1
+        )
