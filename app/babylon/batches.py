@@ -119,7 +119,7 @@ async def start_batch_training(
     )
     session.add(job)
     await session.flush()  # a concurrent start of the same batch fails here (unique batch id)
-    add_event(
+    await add_event(
         session,
         job.id,
         f"Created fine-tuning job {job.id} for the game's training batch {batch.batch_id} (source {source}); "

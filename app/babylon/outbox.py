@@ -53,7 +53,7 @@ async def _finish(
             .execution_options(synchronize_session=False)
         )
         if getattr(result, "rowcount", 0):
-            add_event(session, job_id, message, level="error" if level == "error" else "info")
+            await add_event(session, job_id, message, level="error" if level == "error" else "info")
         await session.commit()
 
 

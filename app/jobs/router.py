@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
 
 from app.deps import SessionDep, SettingsDep
@@ -80,8 +80,11 @@ async def list_jobs(
 
 
 @router.get("/jobs/{fine_tuning_job_id}", response_model=JobObject, responses=error_responses(404))
-async def retrieve_job(fine_tuning_job_id: str, session: SessionDep) -> JobObject:
-    return job_object(await service.get_job(session, fine_tuning_job_id))
+async def retrieve_job(fine_tuning_job_id: str, session: SessionDep) -> Response:
+    """The job as it is now. Polled in loops by clients and the game: the object is serialised
+    once, directly (FastAPI would validate the returned model against `response_model` again)."""
+    job = await service.get_job(session, fine_tuning_job_id)
+    return Response(job_object(job).model_dump_json(), media_type="application/json")
 
 
 @router.post(

@@ -283,8 +283,8 @@ async def create_job(
     )
     session.add(job)
     await session.flush()  # an idempotency-key race surfaces here as IntegrityError
-    add_event(session, job.id, f"Created fine-tuning job: {job.id}")
-    add_event(
+    await add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+    await add_event(
         session,
         job.id,
         f"Validated training file {request.training_file}: {dataset.group_count} groups, "
@@ -295,7 +295,7 @@ async def create_job(
             "trainable_turns": dataset.trainable_turns,
         },
     )
-    add_event(
+    await add_event(
         session,
         job.id,
         f"Job queued: {steps} training steps of up to {hp.groups_per_step} groups on model line "
@@ -396,7 +396,7 @@ async def cancel_job(session: AsyncSession, settings: Settings, job_id: str) -> 
     if not held:
         await finish_cancelled(session, settings, job)
         return job
-    add_event(
+    await add_event(
         session,
         job.id,
         f"Cancellation requested: worker {job.worker_id} stops the job within "
@@ -456,6 +456,6 @@ async def finish_job(
     job.error = error
     if job.babylon_batch_id is not None:
         job.handoff_status = "pending"
-    add_event(session, job.id, message, level="error" if error else "info", data=error or data)
+    await add_event(session, job.id, message, level="error" if error else "info", data=error or data)
     webhooks.enqueue_job_notification(session, settings, job)
     await session.flush()

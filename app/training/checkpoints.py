@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -110,7 +111,7 @@ async def attribute_unclaimed(
             origin=CheckpointOrigin.LATE if owner else CheckpointOrigin.EXTERNAL,
         )
         if owner is not None:
-            add_event(
+            await add_event(
                 session,
                 owner.job_id,
                 f"W&B finished step {owner.number} after the job had stopped following it: its checkpoint "
@@ -138,38 +139,40 @@ async def complete_step(
     rewards: list[tuple[list[float], int]],
     *,
     resolved: bool,
+    prelude: Callable[[AsyncSession], Awaitable[dict[str, Any]]] | None = None,
 ) -> None:
     """Record the step's checkpoint (ART's rule), the others as late or external, move the
-    aliases; then apply retention. The step ends `succeeded`."""
+    aliases; then apply retention. The step ends `succeeded`. `prelude` writes what must
+    commit with it (the events page that ended the step) and returns the step's changes, which
+    are written with `succeeded` in one statement."""
     remote = step_checkpoint(found)
     assert remote is not None
     others = [c for c in found if c.step != remote.step]
     async with ctx.store.owned() as session:
-        line = await session.get(ServedModel, ctx.line.id)
-        assert line is not None
-        taken = await session.scalar(
-            sa.select(Checkpoint).where(Checkpoint.model_id == line.id, Checkpoint.step == remote.step)
-        )
-        if taken is not None and (taken.job_id, taken.job_step) != (ctx.job_id, step.number):
-            raise JobFailed(
-                "checkpoint_conflict",
-                f"Step {step.number}'s checkpoint (W&B step {remote.step}) is already recorded as "
-                f"{taken.origin} checkpoint of {taken.job_id or 'nothing this service sent'}",
-                step_status=StepStatus.ABANDONED,
-            )
+        changes = await prelude(session) if prelude is not None else {}
+        line = ctx.line.model  # detached: the registry reads its ids and names only
         await attribute_unclaimed(session, line, others)
-        means = (
-            {k: v / step.gradient_steps for k, v in step.metric_sums.items()} if step.gradient_steps else {}
-        )
+        sums: dict[str, float] = changes.get("metric_sums", step.metric_sums)
+        gradient_steps: int = changes.get("gradient_steps", step.gradient_steps)
+        means = {k: v / gradient_steps for k, v in sums.items()} if gradient_steps else {}
         metrics: dict[str, float] = {**numeric(dict(remote.metrics)), **means, **reward_metrics(rewards)}
         if "loss" in means:
             metrics["train_loss"] = means["loss"]
         ckpt = await record_checkpoint(
             session, line, step=remote.step, metrics=metrics, job_id=ctx.job_id, job_step=step.number
         )
+        if (ckpt.job_id, ckpt.job_step, ckpt.origin) != (ctx.job_id, step.number, CheckpointOrigin.STEP):
+            raise JobFailed(
+                "checkpoint_conflict",
+                f"Step {step.number}'s checkpoint (W&B step {remote.step}) is already recorded as the "
+                f"{ckpt.origin} checkpoint of {ckpt.job_id or 'nothing this service sent'}",
+                step_status=StepStatus.ABANDONED,
+            )
         now = ctx.clock.now()
         await ctx.store.save_step(
-            session, step, status=StepStatus.SUCCEEDED, checkpoint_step=remote.step, finished_at=now
+            session,
+            step,
+            **{**changes, "status": StepStatus.SUCCEEDED, "checkpoint_step": remote.step, "finished_at": now},
         )
         progress: dict[str, object] = {"completed_steps": step.number, "fine_tuned_model": ckpt.artifact_name}
         tokens = int(step.metric_sums.get("num_trainable_tokens") or 0)
@@ -181,7 +184,7 @@ async def complete_step(
         ctx.job.completed_steps = step.number
         aliases = await policy.move_aliases(session, ctx.settings, line)
         summary = fmt(metrics, "train_loss", "reward_mean")
-        ctx.store.event(
+        await ctx.store.event(
             session,
             f"Step {step.number}/{ctx.job.total_steps} done: checkpoint {ckpt.artifact_name}"
             + (f" ({summary})" if summary else "")
@@ -215,17 +218,16 @@ async def apply_retention(ctx: RunContext, steps: list[int]) -> None:
         )
     except RemoteError as exc:
         async with ctx.store.owned() as session:
-            ctx.store.event(
+            await ctx.store.event(
                 session,
                 f"Retention: could not delete checkpoints {steps} on W&B ({exc}); retried after the next step",
                 level="warn",
             )
         return
     async with ctx.store.owned() as session:
-        line = await session.get(ServedModel, ctx.line.id)
-        assert line is not None
+        line = ctx.line.model
         await policy.mark_deleted(session, line, steps)
-        ctx.store.event(
+        await ctx.store.event(
             session,
             f"Retention: deleted checkpoint steps {steps} of {line.entity}/{line.project}/{line.name} "
             f"(kept latest, best by {ctx.settings.training.best_metric} and the last "

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from app.config import Settings
 from app.jobs.models import StepStatus
+from app.registry.models import ServedModel
 from app.training.control import Clock, Control, Interrupted, Stop
 from app.training.metrics import TrainingMetrics
 from app.training.remote import (
@@ -58,6 +59,14 @@ class Line:
     entity: str
     project: str
     name: str
+
+    @property
+    def model(self) -> ServedModel:
+        """A detached row with the line's identity, for the registry's functions (they read its
+        id and names): no query per step to load it again."""
+        return ServedModel(
+            id=self.id, remote_id=self.remote_id, entity=self.entity, project=self.project, name=self.name
+        )
 
 
 def _outcome(exc: BaseException) -> str:

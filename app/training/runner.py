@@ -183,7 +183,7 @@ class JobRunner:
             owned = await session.get(FineTuningJob, job.id)
             assert owned is not None
             owned.total_steps = job.total_steps
-            self.store.event(
+            await self.store.event(
                 session,
                 f"Validated training file {job.training_file}: {dataset.group_count} groups, "
                 f"{dataset.trainable_turns} trainable turns; {job.total_steps} steps planned",
@@ -206,9 +206,9 @@ class JobRunner:
                 owned = await session.get(FineTuningJob, job.id)
                 assert owned is not None
                 transition(owned, JobStatus.RUNNING)
-                self.store.event(session, f"Fine-tuning job started (worker {self.ctx.worker_id})")
+                await self.store.event(session, f"Fine-tuning job started (worker {self.ctx.worker_id})")
             else:
-                self.store.event(
+                await self.store.event(
                     session,
                     f"Resumed by worker {self.ctx.worker_id} (attempt {job.attempts}) after "
                     f"{job.completed_steps} of {job.total_steps} steps",
@@ -250,7 +250,7 @@ class JobRunner:
                 .where(FineTuningJob.id == job.id)
                 .values(entity=remote.entity, served_model_id=model.id)
             )
-            self.store.event(
+            await self.store.event(
                 session,
                 f"Model line {remote.entity}/{remote.project}/{remote.name} registered on W&B (model id {remote.id})",
                 data={

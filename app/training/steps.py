@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.jobs.events import Event, add_events
 from app.jobs.models import StepStatus
 from app.jobs.service import plan_step
 from app.training.checkpoints import complete_step, numeric
@@ -28,6 +32,7 @@ from app.training.context import MAX_BACKOFF_S, JobFailed, RunContext
 from app.training.control import Stop
 from app.training.remote import (
     GroupPayload,
+    RemoteCheckpoint,
     RemoteError,
     RemoteEvent,
     RemoteRateLimited,
@@ -52,6 +57,19 @@ TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
 }
 FINAL = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
 PostOutcome = Literal["submitted", "unknown", "rate_limited"]
+
+
+@dataclass
+class Page:
+    """What one page of a training job's events does to its step."""
+
+    sums: dict[str, float]
+    gradient_steps: int
+    num_sequences: int | None
+    cursor: str | None = None
+    status: StepStatus | None = None  # ended or failed
+    failure: str | None = None
+    rows: list[Event] = field(default_factory=list)
 
 
 class IllegalTransition(RuntimeError):
@@ -99,13 +117,7 @@ class StepDriver:
         ctx = self.ctx
         with ctx.phase("submit"):
             step.started_at = step.started_at or ctx.clock.now()
-            groups = await ctx.store.groups(ctx.job.dataset_id, step.group_positions)
-            if not groups:
-                raise JobFailed(
-                    "no_trainable_data", f"step {step.number}: its groups are missing from the dataset"
-                )
-            self._rewards[step.number] = [(rewards, turns) for _, rewards, turns in groups]
-            payloads = [g for g, _, _ in groups]
+            payloads: list[GroupPayload] | None = None
             rate_limited = 0
             while True:
                 base = await ctx.with_retries(
@@ -116,6 +128,15 @@ class StepDriver:
                 )
                 check_transition(step.status, S.SUBMITTING)
                 async with ctx.store.owned() as session:  # no POST after an accepted cancel
+                    if payloads is None:
+                        groups = await ctx.store.groups(ctx.job.dataset_id, step.group_positions, session)
+                        if not groups:
+                            raise JobFailed(
+                                "no_trainable_data",
+                                f"step {step.number}: its groups are missing from the dataset",
+                            )
+                        self._rewards[step.number] = [(rewards, turns) for _, rewards, turns in groups]
+                        payloads = [g for g, _, _ in groups]
                     changes = {
                         "status": S.SUBMITTING,
                         "base_step": base,
@@ -220,7 +241,7 @@ class StepDriver:
             async with ctx.store.owned(finishing=True) as session:
                 await ctx.store.save_step(session, step, status=target, **changes)
                 if message is not None:
-                    ctx.store.event(session, message, level=level, data=data)
+                    await ctx.store.event(session, message, level=level, data=data)
         except LeaseLost:
             if changes.get("remote_job_id"):
                 await ctx.store.note_late_submission(step, str(changes["remote_job_id"]))
@@ -237,7 +258,7 @@ class StepDriver:
             },
         )
         async with self.ctx.store.owned() as session:
-            self.ctx.store.event(
+            await self.ctx.store.event(
                 session,
                 f"Step {step.number}: the previous worker stopped while sending its training request; it "
                 "is not sent again: whether it ran is decided from the model's checkpoints",
@@ -253,16 +274,9 @@ class StepDriver:
         delay = ctx.settings.worker.event_poll_interval_s
         with ctx.phase("checkpoint"):
             while True:
-                try:
-                    found = await ctx.remote(
-                        "checkpoints.list", ctx.api.checkpoints_above(ctx.line.remote_id, base)
-                    )
-                except RemoteError as exc:
-                    logger.warning(
-                        "job.resolve_retry job_id=%s step=%s error=%s", ctx.job_id, step.number, exc
-                    )
-                    found = []
+                found = await self._list_checkpoints(step)
                 if found:
+                    check_transition(step.status, S.SUCCEEDED)
                     await complete_step(ctx, step, found, await self._rewards_of(step), resolved=True)
                     return
                 remaining = window - (ctx.clock.now() - started).total_seconds()
@@ -320,7 +334,17 @@ class StepDriver:
                 delay = poll
                 if events:
                     last_seen = ctx.clock.now()
-                    await self._record_events(step, events)
+                    page = self._read_page(step, events)
+                    if page.status == S.ENDED and await self._finish_with_page(step, page):
+                        return
+                    async with ctx.store.owned() as session:
+                        await self._write_page(session, step, page)
+                    if page.failure is not None:
+                        if ctx.metrics is not None:
+                            ctx.metrics.steps.labels(S.FAILED).inc()
+                        raise JobFailed(
+                            "training_failed", f"W&B reported that step {step.number} failed: {page.failure}"
+                        )
                     if step.status != S.SUBMITTED:
                         return
                     if more:
@@ -329,66 +353,101 @@ class StepDriver:
                     min(poll, max(0.0, watchdog - (ctx.clock.now() - last_seen).total_seconds()) + 0.01)
                 )
 
-    async def _record_events(self, step: StepState, events: list[RemoteEvent]) -> None:
-        """One transaction per page: gradient-step events, the cursor, and `ended`/`failed`."""
-        ctx, total = self.ctx, self.ctx.job.total_steps
-        failure: str | None = None
-        changes: dict[str, Any] = {}
-        sums = dict(step.metric_sums)
-        gradient_steps = step.gradient_steps
-        num_sequences = step.num_sequences
-        async with ctx.store.owned() as session:
-            for event in events:
-                changes["last_event_id"] = event.id
-                if event.type == "training_started":
-                    num_sequences = int(event.data.get("num_sequences") or 0) or None
-                    ctx.store.event(
-                        session,
-                        f"Step {step.number}/{total}: training started on W&B ({num_sequences or '?'} gradient steps)",
+    def _read_page(self, step: StepState, events: list[RemoteEvent]) -> Page:
+        """What a page of W&B's events changes: gradient-step events, the cursor, ended/failed."""
+        total = self.ctx.job.total_steps
+        page = Page(
+            sums=dict(step.metric_sums), gradient_steps=step.gradient_steps, num_sequences=step.num_sequences
+        )
+        for event in events:
+            page.cursor = event.id
+            if event.type == "training_started":
+                page.num_sequences = int(event.data.get("num_sequences") or 0) or None
+                page.rows.append(
+                    Event(
+                        f"Step {step.number}/{total}: training started on W&B "
+                        f"({page.num_sequences or '?'} gradient steps)"
                     )
-                elif event.type == "gradient_step":
-                    gradient_steps += 1
-                    values = numeric(event.data)
-                    for key, value in values.items():
-                        sums[key] = sums.get(key, 0.0) + value
-                    ctx.store.event(
-                        session,
-                        f"Step {step.number}/{total}, gradient step {gradient_steps}"
-                        + (f"/{num_sequences}" if num_sequences else "")
-                        + (
-                            f": {', '.join(f'{k}={values[k]:.4g}' for k in ('loss', 'grad_norm') if k in values)}"
-                            if values
-                            else ""
-                        ),
-                        metrics=True,
-                        data={"step": step.number, "gradient_step": gradient_steps, **values},
+                )
+            elif event.type == "gradient_step":
+                page.gradient_steps += 1
+                values = numeric(event.data)
+                for key, value in values.items():
+                    page.sums[key] = page.sums.get(key, 0.0) + value
+                shown = ", ".join(f"{k}={values[k]:.4g}" for k in ("loss", "grad_norm") if k in values)
+                page.rows.append(
+                    Event(
+                        f"Step {step.number}/{total}, gradient step {page.gradient_steps}"
+                        + (f"/{page.num_sequences}" if page.num_sequences else "")
+                        + (f": {shown}" if shown else ""),
+                        type="metrics",
+                        data={"step": step.number, "gradient_step": page.gradient_steps, **values},
                     )
-                elif event.type == "training_ended":
-                    changes.update(status=S.ENDED, ended_at=ctx.clock.now())
-                    break
-                elif event.type == "training_failed":
-                    failure = str(event.data.get("error_message") or "Training failed with an unknown error")
-                    changes.update(
-                        status=S.FAILED,
-                        error={"code": "training_failed", "message": failure},
-                        finished_at=ctx.clock.now(),
-                    )
-                    break
-            if "status" in changes:
-                check_transition(step.status, changes["status"])
-            await ctx.store.save_step(
-                session,
+                )
+            elif event.type == "training_ended":
+                page.status = S.ENDED
+                break
+            elif event.type == "training_failed":
+                page.status = S.FAILED
+                page.failure = str(event.data.get("error_message") or "Training failed with an unknown error")
+                break
+        return page
+
+    async def _write_page(
+        self, session: AsyncSession, step: StepState, page: Page, *, write_step: bool = True
+    ) -> dict[str, Any]:
+        """Insert the page's events and write its changes to the step (or return them, for the
+        caller to write with its own)."""
+        ctx, now = self.ctx, self.ctx.clock.now()
+        changes: dict[str, Any] = {
+            "last_event_id": page.cursor,
+            "metric_sums": page.sums,
+            "gradient_steps": page.gradient_steps,
+            "num_sequences": page.num_sequences,
+            "last_event_at": now,
+        }
+        if page.status is not None:
+            check_transition(step.status, page.status)
+            changes["status"] = page.status
+        if page.status == S.ENDED:
+            changes["ended_at"] = now
+        elif page.status == S.FAILED:
+            changes.update(error={"code": "training_failed", "message": page.failure}, finished_at=now)
+        await add_events(session, ctx.job_id, page.rows)
+        if write_step:
+            await ctx.store.save_step(session, step, **changes)
+        return changes
+
+    async def _finish_with_page(self, step: StepState, page: Page) -> bool:
+        """The page ends the step: when the checkpoint is listed already (W&B registers it
+        before `training_ended`), the page, `ended` and the checkpoint commit together; if
+        the worker dies first, the next one reads the page again from the stored cursor."""
+        ctx = self.ctx
+        with ctx.phase("checkpoint"):
+            found = await self._list_checkpoints(step)
+            if not found:
+                return False
+            check_transition(step.status, S.ENDED)
+            check_transition(S.ENDED, S.SUCCEEDED)
+            await complete_step(
+                ctx,
                 step,
-                metric_sums=sums,
-                gradient_steps=gradient_steps,
-                num_sequences=num_sequences,
-                last_event_at=ctx.clock.now(),
-                **changes,
+                found,
+                await self._rewards_of(step),
+                resolved=False,
+                prelude=lambda session: self._write_page(session, step, page, write_step=False),
             )
-        if failure is not None:
-            if ctx.metrics is not None:
-                ctx.metrics.steps.labels(S.FAILED).inc()
-            raise JobFailed("training_failed", f"W&B reported that step {step.number} failed: {failure}")
+        return True
+
+    async def _list_checkpoints(self, step: StepState) -> list[RemoteCheckpoint]:
+        try:
+            return await self.ctx.remote(
+                "checkpoints.list",
+                self.ctx.api.checkpoints_above(self.ctx.line.remote_id, step.base_step or 0),
+            )
+        except RemoteError as exc:
+            logger.warning("job.checkpoint_retry job_id=%s error=%s", self.ctx.job_id, exc)
+            return []
 
     # -- ended: the step's checkpoint ---------------------------------------------------------
 
@@ -401,14 +460,9 @@ class StepDriver:
         delay = ctx.settings.worker.event_poll_interval_s
         with ctx.phase("checkpoint"):
             while True:
-                try:
-                    found = await ctx.remote(
-                        "checkpoints.list", ctx.api.checkpoints_above(ctx.line.remote_id, base)
-                    )
-                except RemoteError as exc:
-                    logger.warning("job.checkpoint_retry job_id=%s error=%s", ctx.job_id, exc)
-                    found = []
+                found = await self._list_checkpoints(step)
                 if found:
+                    check_transition(step.status, S.SUCCEEDED)
                     await complete_step(ctx, step, found, await self._rewards_of(step), resolved=False)
                     return
                 if (ctx.clock.now() - ended).total_seconds() + delay > ctx.settings.worker.checkpoint_wait_s:

@@ -159,9 +159,10 @@ class JobStore:
         return await self.read(get)
 
     async def groups(
-        self, dataset_id: str, positions: list[int]
+        self, dataset_id: str, positions: list[int], session: AsyncSession | None = None
     ) -> list[tuple[GroupPayload, list[float], int]]:
-        """The step's groups in plan order: what is sent, and each group's rewards and trainable turns."""
+        """The step's groups in plan order: what is sent, and each group's rewards and trainable
+        turns (in the caller's transaction when given one)."""
 
         async def load(session: AsyncSession) -> list[tuple[GroupPayload, list[float], int]]:
             rows = (
@@ -186,7 +187,7 @@ class JobStore:
                 if (r := by_position.get(p)) is not None
             ]
 
-        return await self.read(load)
+        return await load(session) if session is not None else await self.read(load)
 
     async def insert_step(self, session: AsyncSession, step: StepState) -> None:
         values = {f.name: getattr(step, f.name) for f in fields(StepState) if f.name != "id"}
@@ -204,7 +205,7 @@ class JobStore:
         for name, value in changes.items():
             setattr(step, name, value)
 
-    def event(
+    async def event(
         self,
         session: AsyncSession,
         message: str,
@@ -213,7 +214,7 @@ class JobStore:
         metrics: bool = False,
         data: dict[str, Any] | None = None,
     ) -> None:
-        add_event(
+        await add_event(
             session, self.job_id, message, level=level, type_="metrics" if metrics else "message", data=data
         )
 
@@ -231,7 +232,7 @@ class JobStore:
                 .values(remote_job_id=remote_job_id)
             )
             if getattr(result, "rowcount", 0):
-                add_event(
+                await add_event(
                     session,
                     self.job_id,
                     f"W&B accepted step {step.number}'s training request after the job ended (training job "

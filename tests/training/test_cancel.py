@@ -35,6 +35,7 @@ def resolving(fake: FakeTraining) -> str:
 
 def awaiting_checkpoint(fake: FakeTraining) -> str:
     fake.script("no_checkpoint")  # training_ended, the checkpoint is not listed yet
+    fake.on("checkpoints_above", lambda: None)  # the first look finds nothing: `ended` is stored
     return "checkpoints_above"
 
 

@@ -14,6 +14,17 @@ from tests.training.conftest import WORKER_ID, Harness
 HTTP_500 = RemoteUnavailable("HTTP 500: Internal server error", status=500, detail="Internal server error")
 
 
+async def test_when_the_checkpoint_is_listed_at_training_ended_the_step_ends_in_one_transaction(
+    harness: Harness,
+) -> None:
+    job_id = await harness.create_job(groups=1)
+    await harness.run(job_id)
+    (step,) = await harness.steps(job_id)
+    assert (step.status, step.gradient_steps, step.checkpoint_step) == (StepStatus.SUCCEEDED, 2, 1)
+    assert step.ended_at is not None
+    assert harness.fake.calls.count("checkpoints_above") == 1  # listed once, right after training_ended
+
+
 async def test_a_job_trains_every_step_once_and_succeeds_with_the_last_checkpoint(harness: Harness) -> None:
     job_id = await harness.create_job(groups=3)
     job = await harness.run(job_id)
@@ -30,7 +41,11 @@ async def test_a_job_trains_every_step_once_and_succeeds_with_the_last_checkpoin
     assert job.fine_tuned_model == "wandb-artifact:///fake-entity/babylon-rl/line:step3"
     assert job.completed_steps == 3
     assert job.trained_tokens == 3 * 2 * 10  # num_trainable_tokens of each gradient step
-    assert [c.step for c in await harness.checkpoints()] == [1, 2, 3]
+    ckpts = await harness.checkpoints()
+    assert [c.step for c in ckpts] == [1, 2, 3]
+    # the mean of the step's gradient-step metrics, and what it trained on
+    assert ckpts[0].metrics["train_loss"] == pytest.approx((0.5 + 0.4) / 2)
+    assert (ckpts[0].metrics["num_groups"], ckpts[0].metrics["num_trajectories"]) == (1.0, 3.0)
     messages = await harness.messages(job_id)
     assert messages[-1] == f"The job has successfully completed: {job.fine_tuned_model}"
     assert sum(" done: checkpoint " in m for m in messages) == 3
@@ -300,10 +315,12 @@ async def test_a_worker_resuming_a_submitted_step_polls_from_the_stored_cursor(h
 
 
 async def test_a_worker_resuming_an_ended_step_takes_its_checkpoint(harness: Harness) -> None:
+    harness.fake.script("no_checkpoint")  # not listed when training_ended is seen: `ended` is stored
     job_id = await harness.create_job(groups=1)
-    await _crash_during(harness, "checkpoints_above", job_id)
+    await _crash_during(harness, "checkpoints_above", job_id, skip=1)
     (step,) = await harness.steps(job_id)
     assert step.status == StepStatus.ENDED
+    harness.fake.finish(harness.fake.last_job().id)  # now W&B lists it
     job = await harness.run(job_id)
     assert job.status == JobStatus.SUCCEEDED
     assert harness.fake.posts() == 1
