@@ -237,10 +237,14 @@ async def apply_retention(ctx: RunContext, steps: list[int]) -> None:
 
 
 async def sweep_late_checkpoints(
-    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, api: TrainingAPI, now: dt.datetime
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    api: TrainingAPI | Callable[[], Awaitable[TrainingAPI]],
+    now: dt.datetime,
 ) -> int:
     """Record the checkpoints W&B produced for abandoned steps of lines no job is training now;
-    returns how many were recorded. Safe to run in every worker at once."""
+    returns how many were recorded. Safe to run in every worker at once. `api` may be a
+    factory: it is only called (ART imported) when some step waits for its checkpoint."""
     since = now - dt.timedelta(seconds=settings.worker.late_checkpoint_window_s)
     other = aliased(FineTuningJob)
     # a job on the line (registered or not yet: matched by name) attributes what its steps find
@@ -269,6 +273,10 @@ async def sweep_late_checkpoints(
                 .group_by(ServedModel.id, ServedModel.remote_id)
             )
         ).all()
+    if not lines:
+        return 0
+    if callable(api):
+        api = await api()
     recorded = 0
     for line_id, remote_id, base in lines:
         try:
