@@ -390,18 +390,20 @@ async def cancel_job(session: AsyncSession, settings: Settings, job_id: str) -> 
             f"job {job.id} already {job.status}; it cannot be cancelled", code="job_not_cancellable"
         )
     now = utcnow()
-    if job.cancel_requested_at is None:
+    first_request = job.cancel_requested_at is None
+    if first_request:
         job.cancel_requested_at = now
     held = job.worker_id is not None and job.lease_expires_at is not None and job.lease_expires_at >= now
     if not held:
         await finish_cancelled(session, settings, job)
         return job
-    await add_event(
-        session,
-        job.id,
-        f"Cancellation requested: worker {job.worker_id} stops the job within "
-        f"{settings.worker.poll_interval_s:g}s, wherever it stands",
-    )
+    if first_request:
+        await add_event(
+            session,
+            job.id,
+            f"Cancellation requested: worker {job.worker_id} stops the job within "
+            f"{settings.worker.poll_interval_s:g}s, wherever it stands",
+        )
     await session.flush()
     return job
 
