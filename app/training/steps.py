@@ -11,8 +11,11 @@
 Each transition is one committed write (`TRANSITIONS` lists the allowed ones), so a worker that
 dies anywhere leaves a state another worker resumes from: `submitting` becomes `unknown` (the
 POST's fate is unknown: it is never sent again), `submitted` resumes polling from the stored
-event cursor, `ended` looks up the checkpoint again. `StepDriver.advance` runs the handler of
-the step's current state, which returns after the next transition or raises `JobFailed`.
+event cursor, `ended` looks up the checkpoint again. One shortcut: when W&B already lists the
+checkpoint as `training_ended` is read (it registers it first), the events page, `ended` and
+`succeeded` commit together; a worker dying before that commit reads the page again.
+`StepDriver.advance` runs the handler of the step's current state, which returns after the
+next transition or raises `JobFailed`.
 """
 
 from __future__ import annotations
@@ -103,12 +106,6 @@ class StepDriver:
 
     async def advance(self, step: StepState) -> None:
         await self.handlers[step.status](step)
-
-    async def _move(self, step: StepState, target: StepStatus, **changes: Any) -> None:
-        """Store a transition (inside a caller's transaction it would be `save_step` directly)."""
-        check_transition(step.status, target)
-        async with self.ctx.store.owned() as session:
-            await self.ctx.store.save_step(session, step, status=target, **changes)
 
     # -- pending → submitting → POST ---------------------------------------------------------
 
@@ -249,15 +246,17 @@ class StepDriver:
     # -- submitting found after a crash, unknown ---------------------------------------------
 
     async def lost_in_flight(self, step: StepState) -> None:
-        await self._move(
-            step,
-            S.UNKNOWN,
-            error={
-                "code": "submission_unknown",
-                "message": "the worker stopped while sending the training request",
-            },
-        )
+        check_transition(step.status, S.UNKNOWN)
         async with self.ctx.store.owned() as session:
+            await self.ctx.store.save_step(
+                session,
+                step,
+                status=S.UNKNOWN,
+                error={
+                    "code": "submission_unknown",
+                    "message": "the worker stopped while sending the training request",
+                },
+            )
             await self.ctx.store.event(
                 session,
                 f"Step {step.number}: the previous worker stopped while sending its training request; it "
