@@ -208,10 +208,18 @@ async def test_two_worker_processes_on_postgres_never_run_the_same_job(
             ).all()
         assert len(registered) == 2
         assert all(w.has_wandb_key and w.wandb_key_status == "accepted" for w in registered)
-        async with httpx.AsyncClient() as http:
-            scraped = [
-                (await http.get(f"http://127.0.0.1:{w.metrics_port}/metrics")).text for w in registered
-            ]
+        scraped: list[str] = []
+
+        async def both_see_each_other() -> bool:  # the queue gauges refresh every few seconds
+            async with httpx.AsyncClient() as http:
+                scraped[:] = [
+                    (await http.get(f"http://127.0.0.1:{w.metrics_port}/metrics")).text for w in registered
+                ]
+            return all("workers_live 2.0" in t and 'jobs{status="succeeded"} 4.0' in t for t in scraped)
+
+        await wait_until(
+            both_see_each_other, timeout_s=30, what="each worker's gauges: both workers, 4 jobs done"
+        )
         posts = [
             float(line.split()[-1])
             for text in scraped
@@ -219,7 +227,6 @@ async def test_two_worker_processes_on_postgres_never_run_the_same_job(
             if line.startswith('wandb_calls_total{outcome="ok",route="training_jobs.create"}')
         ]
         assert sum(posts) == 8  # each worker reports the POSTs it made
-        assert all("workers_live 2.0" in text for text in scraped)
         codes = [w.terminate() for w in workers]
         assert codes == [0, 0]
         async with svc.sessionmaker() as session:
