@@ -29,6 +29,7 @@ import os
 import random
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -512,6 +513,8 @@ async def scenario(args: argparse.Namespace, kind: str) -> dict[str, Any]:
         await drop_database(db_url)
         if args.keep_logs:
             print(f"logs: {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:
