@@ -78,13 +78,14 @@ def ensure_sqlite_dir(url: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
-def create_engine(settings: Settings, *, pool: bool = True) -> AsyncEngine:
-    """The process's engine: SQLite tuned for concurrent writers, or Postgres through asyncpg."""
+def create_engine(settings: Settings, *, pool: bool = True, pre_ping: bool = True) -> AsyncEngine:
+    """The process's engine: SQLite tuned for concurrent writers, or Postgres through asyncpg.
+    `pre_ping` tests each pooled connection before use (one round trip per transaction)."""
     url = settings.database_url
     if url.startswith("sqlite"):
         ensure_sqlite_dir(url)
         return create_sqlite_engine(url, busy_timeout_ms=settings.db.sqlite_busy_timeout_ms)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"pool_pre_ping": pre_ping}
     if pool:
         kwargs.update(
             pool_size=settings.db.pool_size,

@@ -16,12 +16,13 @@ from app.adapters import GameAdapter, install
 from app.auth import require_api_key
 from app.babylon.adapter import ADAPTER as BABYLON
 from app.config import NO_API_KEY_MESSAGE, ConfigError, Settings, load_settings
-from app.datasets import lifecycle as datasets_lifecycle
 from app.datasets.router import router as datasets_router
+from app.datasets.sources import register_source
 from app.db import create_engine, create_sessionmaker
 from app.docs import OPENAPI_TAGS, install_docs
 from app.errors import error_responses, install_error_handlers
 from app.files.router import router as files_router
+from app.files.source import FILE_SOURCE
 from app.gateway import lifecycle as gateway_lifecycle
 from app.gateway.route import GatewayRoute
 from app.gateway.router import router as gateway_router
@@ -35,8 +36,10 @@ from app.middleware import RequestContextMiddleware, StartupErrorMiddleware
 from app.registry.router import create_router as create_models_router
 from app.scoring.router import router as scoring_router
 from app.state import AppState, app_state
+from app.training.keycheck import WandbKeyChecker
 from app.trajectories.router import router as trajectories_router
 from app.worker import lifecycle as worker_lifecycle
+from app.worker.metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +59,10 @@ Every route except `/health`, `/healthz`, `/readyz` and these docs needs
 GAME_ADAPTERS: tuple[GameAdapter, ...] = (BABYLON,)
 
 
-def install_game_adapters(adapters: Sequence[GameAdapter] = GAME_ADAPTERS) -> None:
+def install_extensions(adapters: Sequence[GameAdapter] = GAME_ADAPTERS) -> None:
+    """Register what the core builds datasets from and hands finished jobs to, beyond its own
+    generic source (pushed trajectories): uploaded files (app/files) and each game adapter."""
+    register_source(FILE_SOURCE)
     for adapter in adapters:
         install(adapter)
 
@@ -102,19 +108,26 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.dispose()
         state.close()
         raise
+    state.wandb_key = WandbKeyChecker(settings)
     try:
         await gateway_lifecycle.startup(app)
-        await datasets_lifecycle.startup(app)
         await worker_lifecycle.startup(app)
         logger.info("service.started database=%s", engine.url.get_backend_name())
         yield
     finally:
         await worker_lifecycle.shutdown(app)
-        await datasets_lifecycle.shutdown(app)
         await gateway_lifecycle.shutdown(app)
+        if state.wandb_key is not None:
+            await state.wandb_key.close()
+            state.wandb_key = None
         await engine.dispose()
         state.close()
         logger.info("service.stopped")
+
+
+async def _refresh_job_gauges(state: AppState) -> None:
+    async with state.sessionmaker() as session:
+        await state.job_metrics.refresh(session, state.settings)
 
 
 def create_app(settings: Settings, adapters: Sequence[GameAdapter] = GAME_ADAPTERS) -> FastAPI:
@@ -131,12 +144,13 @@ def create_app(settings: Settings, adapters: Sequence[GameAdapter] = GAME_ADAPTE
         responses=error_responses(500),
     )
     metrics = Metrics()
-    state = AppState(settings, metrics)
+    state = AppState(settings, metrics, WorkerMetrics(metrics.registry))
     state.attach(app)
     metrics.watch_engine(lambda: state.engine_or_none)
+    metrics.add_refresher(lambda: _refresh_job_gauges(state))
 
     install_error_handlers(app)
-    install_game_adapters(adapters)
+    install_extensions(adapters)
     install_schema_error_handler(app)
     protected: dict[str, Any] = {
         "dependencies": [Depends(require_api_key)],

@@ -6,6 +6,7 @@ from app.files import models as _files  # noqa: F401
 from app.gateway.models import CapturedCompletion
 from app.jobs import models as _jobs  # noqa: F401
 from app.keys.models import ApiKey
+from app.queue import models as _queue  # noqa: F401
 from app.registry.models import Checkpoint, ModelAlias, ServedModel
 from app.scoring import models as _scoring  # noqa: F401
 from app.trajectories import models as _trajectories  # noqa: F401

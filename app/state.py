@@ -19,11 +19,12 @@ from app.health.metrics import Metrics
 from app.keys.service import Authenticator
 
 if TYPE_CHECKING:  # types only: these packages sit above the core and import it
-    from app.datasets.metrics import DatasetMetrics
     from app.gateway.metrics import GatewayMetrics
     from app.gateway.proxy import Gateway
     from app.health.schema import WhileSchemaAtHead
     from app.registry.resolution import ModelResolver
+    from app.training.keycheck import WandbKeyChecker
+    from app.worker.metrics import WorkerMetrics
 
 _KEY = "app_state"
 
@@ -33,9 +34,10 @@ class NotStarted(RuntimeError):
 
 
 class AppState:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, job_metrics: WorkerMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.job_metrics = job_metrics  # jobs, steps, W&B calls, leases, workers, dataset builds
         self._engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._authenticator: Authenticator | None = None
@@ -46,8 +48,8 @@ class AppState:
         # the features' own collectors (one set per app registry) and background tasks
         self.gateway_metrics: GatewayMetrics | None = None
         self.gateway_retention: asyncio.Task[None] | None = None
-        self.dataset_metrics: DatasetMetrics | None = None
-        self.dataset_builds: set[asyncio.Task[object]] = set()
+        # whether W&B accepts this process's key (a cached check; /health, /readyz, job creation)
+        self.wandb_key: WandbKeyChecker | None = None
 
     def open(
         self,
@@ -93,6 +95,12 @@ class AppState:
         if self.gateway is None:
             raise NotStarted("the model resolver exists only while the gateway runs")
         return self.gateway.resolver
+
+    def wake_worker(self) -> None:
+        """Something to do was just committed (a job, a build, a cancel): the in-process worker
+        looks now rather than at its next poll."""
+        if self.worker is not None:
+            self.worker.wake()
 
     def attach(self, app: Starlette) -> None:
         setattr(app.state, _KEY, self)

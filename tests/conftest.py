@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from app import migrations
 from app.config import Settings, load_settings
-from app.main import create_app, install_game_adapters
+from app.main import create_app, install_extensions
 from app.models import Base
 
 pytest_plugins = [
@@ -48,7 +48,7 @@ os.environ.pop("WANDB_API_KEY", None)
 
 # What the composition root does in production: every test sees the game adapters installed,
 # whether or not it builds an app (a test that starts a Worker directly hands off jobs too).
-install_game_adapters()
+install_extensions()
 
 TEST_API_KEY = "test-key-" + "x" * 24
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -141,19 +141,15 @@ def db_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
 
 
 async def truncate_all(url: str) -> None:
+    """Empty every table. DELETE, not TRUNCATE, on Postgres too: a test leaves few rows, and
+    TRUNCATE of ~30 tables costs 0.2-0.6 s (new files for each), DELETE ~30 ms."""
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
             existing = set(await conn.run_sync(lambda c: sa.inspect(c).get_table_names()))
-            tables = [t.name for t in reversed(Base.metadata.sorted_tables) if t.name in existing]
-            if conn.dialect.name == "postgresql":
-                if tables:
-                    await conn.execute(
-                        sa.text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE")
-                    )
-            else:
-                for table in tables:
-                    await conn.execute(sa.text(f'DELETE FROM "{table}"'))
+            for table in reversed(Base.metadata.sorted_tables):
+                if table.name in existing:
+                    await conn.execute(table.delete())
     finally:
         await engine.dispose()
 

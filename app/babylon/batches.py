@@ -22,7 +22,8 @@ from app.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 from app.ids import new_id
 from app.jobs.events import add_event
 from app.jobs.hyperparameters import Hyperparameters
-from app.jobs.models import VALIDATING, FineTuningJob
+from app.jobs.models import FineTuningJob, JobStatus
+from app.queue.workers import require_training_worker
 
 STARTABLE_BATCH_STATUSES = (BatchStatus.PENDING, BatchStatus.FAILED)
 
@@ -67,6 +68,7 @@ async def start_batch_training(
 ) -> tuple[FineTuningJob, Batch, bool]:
     """The job training this batch: (job, batch, created). Existing jobs are returned as they are."""
     url = babylon_url(settings)
+    await require_training_worker(session, settings)  # before anything is written to the game
     if batch_id is None:
         batch = await handoff.create_batch_for_recent_windows(
             url,
@@ -98,7 +100,7 @@ async def start_batch_training(
     dataset = await create_babylon_dataset(session, settings, dataset_params(batch))
     job = FineTuningJob(
         id=new_id("ftjob"),
-        status=VALIDATING,
+        status=JobStatus.VALIDATING,
         base_model=batch_base_model(settings, batch),
         training_file=dataset.id,
         dataset_id=dataset.id,
@@ -117,7 +119,7 @@ async def start_batch_training(
     )
     session.add(job)
     await session.flush()  # a concurrent start of the same batch fails here (unique batch id)
-    add_event(
+    await add_event(
         session,
         job.id,
         f"Created fine-tuning job {job.id} for the game's training batch {batch.batch_id} (source {source}); "

@@ -24,7 +24,7 @@ from app.config import Settings
 from app.datasets.models import DatasetGroup
 from app.errors import AppError
 from app.jobs.handoff import HandoffResult
-from app.jobs.models import SUCCEEDED, FineTuningJob
+from app.jobs.models import FineTuningJob, JobStatus
 from app.registry.service import ARTIFACT_PREFIX, last_job_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class BabylonHandoff:
         url = settings.babylon_database_url
         if url is None:
             return HandoffResult(False, "Hand-off to the game skipped: BABYLON_DATABASE_URL is not set")
-        succeeded = job.status == SUCCEEDED and job.fine_tuned_model is not None
+        succeeded = job.status == JobStatus.SUCCEEDED and job.fine_tuned_model is not None
         async with sessionmaker() as session:
             avg_reward = await _avg_reward(session, job.dataset_id) if succeeded else None
             loss = await _last_loss(session, job.id) if succeeded else None

@@ -14,7 +14,7 @@ from app.babylon.batches import babylon_url, job_for_batch, start_batch_training
 from app.deps import SessionDep, SettingsDep
 from app.errors import error_responses
 from app.jobs.models import FineTuningJob
-from app.jobs.router import wake_worker
+from app.state import app_state
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["babylon"])
@@ -65,7 +65,7 @@ async def train(
         except Exception as exc:  # the worker marks it again when it starts
             logger.warning("babylon.mark_training_failed batch=%s error=%s", batch.id, exc)
         logger.info("babylon.train_started batch=%s job_id=%s source=%s", batch.batch_id, job.id, body.source)
-    wake_worker(request)
+    app_state(request.app).wake_worker()
     return TrainResponse(
         batchId=batch.batch_id,
         message="Training started in background"

@@ -144,16 +144,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from app.health.schema import SchemaNotAtHead
-    from app.main import install_game_adapters
-    from app.worker.standalone import run_worker
+    from app.main import install_extensions
+    from app.worker.standalone import WorkerStartError, run_worker
 
-    install_game_adapters()  # the worker builds the games' datasets and hands them their jobs
+    install_extensions()  # the worker builds uploads' and games' datasets and hands games their jobs
     settings = load_cli_settings()
     configure_logging(settings.log_level, settings.log_format)
     try:
         return asyncio.run(run_worker(settings))
     except SchemaNotAtHead as exc:
         raise Refusal(str(exc), ExitCode.SCHEMA) from None
+    except WorkerStartError as exc:  # its metrics port is taken
+        raise Refusal(str(exc), ExitCode.PORT_IN_USE) from None
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -1,19 +1,16 @@
-"""Prometheus metrics of dataset builds (on the app's registry, created on first use)."""
+"""Prometheus metrics of dataset builds (observed by the worker that ran the build)."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from app.datasets.models import Dataset
-from app.state import app_state
 
 BUILD_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 
 
 class DatasetMetrics:
-    def __init__(self, app: FastAPI) -> None:
-        registry = app_state(app).metrics.registry
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.builds = Counter(
             "dataset_builds_total",
             "Dataset builds by source and final status.",
@@ -43,11 +40,3 @@ class DatasetMetrics:
         duration = (dataset.stats or {}).get("duration_s")
         if isinstance(duration, (int, float)):
             self.seconds.labels(dataset.source).observe(duration)
-
-
-def dataset_metrics(app: FastAPI) -> DatasetMetrics:
-    existing: DatasetMetrics | None = app_state(app).dataset_metrics
-    if existing is None:
-        existing = DatasetMetrics(app)
-        app_state(app).dataset_metrics = existing
-    return existing

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -16,10 +15,11 @@ from app.datasets.schemas import (
     DatasetObject,
     DatasetRejectionObject,
 )
-from app.datasets.tasks import start_build
+from app.datasets.tasks import wait_for_build
 from app.deps import SessionDep, SettingsDep
 from app.errors import Unprocessable, error_responses
 from app.pagination import ListPage, numbered_cursor
+from app.state import app_state
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -34,16 +34,14 @@ async def create_dataset(
     settings: SettingsDep,
     wait_s: Annotated[float, Query(ge=0, le=300, description="wait up to this long for the build")] = 2.0,
 ) -> DatasetObject:
-    """Build a dataset in the background. The answer comes when the build is done or after
-    `wait_s` (status `building`); poll `GET /v1/datasets/{id}` until `ready` or `failed`."""
-    await service.fail_stale_builds(session)
+    """Queue a dataset build for the workers. The answer comes when the build is done or after
+    `wait_s` (status `queued` or `building`); poll `GET /v1/datasets/{id}` until `ready` or
+    `failed`."""
     dataset_id = (await service.create_dataset(session, settings, body)).id
     await session.commit()
-    task = start_build(request.app, dataset_id)
-    if wait_s > 0:
-        await asyncio.wait({task}, timeout=wait_s)
-    session.expire_all()
-    return DatasetObject.from_row(await service.get_dataset(session, dataset_id))
+    app_state(request.app).wake_worker()
+    dataset = await wait_for_build(app_state(request.app).sessionmaker, dataset_id, wait_s)
+    return DatasetObject.from_row(dataset)
 
 
 @router.get("", response_model=ListPage[DatasetObject], responses=error_responses(400))

@@ -2,13 +2,16 @@
 
 - `list_group_rows(session, dataset_id, start=, limit=) -> [DatasetGroup]` (by position)
 - `create_dataset(session, settings, params) -> Dataset` (status "queued"; flushes)
-- `build_dataset(sessionmaker, settings, dataset_id) -> Dataset` (awaitable inline)
+- `build_dataset(sessionmaker, settings, dataset_id) -> Dataset` (run by the worker)
+
+Every dataset is built by a worker: creating one stages a `dataset_build` work item in the same
+transaction (app/worker/items.py), which any worker claims with a lease; a build whose worker
+died is started over by the next one (`build_dataset` discards the partial snapshot first).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -21,17 +24,16 @@ from app.config import Settings
 from app.datasets.models import Dataset, DatasetGroup, DatasetRejection, DatasetStatus
 from app.datasets.schemas import DatasetCreate
 from app.datasets.snapshot import SnapshotWriter
-from app.datasets.sources import DatasetBuild, TrajectorySource, get_source
+from app.datasets.sources import FILE, DatasetBuild, TrajectorySource, get_source
 from app.datasets.stats import BuildStats
 from app.db import utcnow
 from app.errors import AppError, BadRequest, Conflict, NotFound, StoredError, stored_error
 from app.ids import new_id
 from app.pagination import after_row, created_order, cursor_anchor, fetch_page
+from app.queue.items import enqueue
+from app.queue.models import WorkKind
 
 logger = logging.getLogger(__name__)
-
-# a build refreshes its heartbeat at least every 20 s (a source's builder flushes that often)
-STALE_BUILD_AFTER_S = 600.0
 
 
 async def get_dataset(session: AsyncSession, dataset_id: str) -> Dataset:
@@ -62,13 +64,22 @@ async def list_group_rows(
 
 async def create_dataset(session: AsyncSession, settings: Settings, params: DatasetCreate) -> Dataset:
     """A queued dataset row for these parameters, validated by its source (configured, scorer
-    known). The caller commits, then builds it (`build_dataset`) inline or in the background."""
+    known), and its build's work item: a worker builds it once the caller commits."""
     source = get_source(params.source)
     stored = {**params.model_dump(mode="json"), **source.prepare(settings, params)}
-    dataset = Dataset(
-        id=new_id("ds"), status=DatasetStatus.QUEUED, source=params.source, params=stored, stats={}
-    )
+    return await _queue(session, params.source, stored)
+
+
+async def queue_upload_dataset(session: AsyncSession, file_id: str) -> Dataset:
+    """The dataset (source="file") an uploaded file's groups become, queued for a worker."""
+    return await _queue(session, FILE, {"file_id": file_id})
+
+
+async def _queue(session: AsyncSession, source: str, params: dict[str, Any]) -> Dataset:
+    dataset = Dataset(id=new_id("ds"), status=DatasetStatus.QUEUED, source=source, params=params, stats={})
     session.add(dataset)
+    await session.flush()
+    enqueue(session, WorkKind.DATASET_BUILD, dataset.id)
     await session.flush()
     return dataset
 
@@ -87,19 +98,25 @@ def parse_params(params: DatasetCreate | Mapping[str, Any]) -> DatasetCreate:
         ) from None
 
 
-async def _claim(sessionmaker: async_sessionmaker[AsyncSession], dataset_id: str) -> Dataset | None:
-    """Move a queued dataset to building; None if it was not queued (someone else has it)."""
+async def _start(sessionmaker: async_sessionmaker[AsyncSession], dataset_id: str) -> Dataset | None:
+    """Move a queued dataset to building, or start a build over whose worker died (its partial
+    snapshot is removed); None if it is already ready or failed."""
     async with sessionmaker() as session:
-        now = utcnow()
-        result = await session.execute(
-            sa.update(Dataset)
-            .where(Dataset.id == dataset_id, Dataset.status == DatasetStatus.QUEUED)
-            .values(status=DatasetStatus.BUILDING, heartbeat_at=now)
-        )
-        await session.commit()
-        if result.rowcount != 1:  # type: ignore[attr-defined]
+        dataset = await get_dataset(session, dataset_id)
+        if dataset.status not in (DatasetStatus.QUEUED, DatasetStatus.BUILDING):
             return None
-        return await get_dataset(session, dataset_id)
+        restart = dataset.status == DatasetStatus.BUILDING
+        if restart:
+            await session.execute(sa.delete(DatasetGroup).where(DatasetGroup.dataset_id == dataset_id))
+            await session.execute(
+                sa.delete(DatasetRejection).where(DatasetRejection.dataset_id == dataset_id)
+            )
+            logger.warning("datasets.build_restarted dataset_id=%s", dataset_id)
+        dataset.status = DatasetStatus.BUILDING
+        dataset.heartbeat_at = utcnow()
+        dataset.stats = {}
+        await session.commit()
+        return dataset
 
 
 async def _finish(
@@ -140,14 +157,16 @@ def _error_of(exc: BaseException, source: TrajectorySource | None, settings: Set
 async def build_dataset(
     sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, dataset_id: str
 ) -> Dataset:
-    """Build a queued dataset (queued → building → ready | failed) and return it.
+    """Build a dataset (queued → building → ready | failed) and return it.
 
-    Safe to await inline (a job's validation step) or to run as a background task. Opens its
-    own sessions and commits in short transactions. A dataset that is not queued (already
-    building elsewhere, ready, failed) is returned unchanged. Never raises for a failed build:
-    the dataset comes back with status "failed" and `error = {code, message, param}`.
+    Run by the worker holding the dataset's work item (the lease keeps two builds of one dataset
+    apart). Opens its own sessions and commits in short transactions. A dataset found
+    `building` was cut short (its worker died): it is started over. A ready or failed one is
+    returned unchanged. Never raises for a failed build: the dataset comes back with status
+    "failed" and `error = {code, message, param}`. A build cancelled by a worker's shutdown stays
+    `building`, for the next worker to start over.
     """
-    dataset = await _claim(sessionmaker, dataset_id)
+    dataset = await _start(sessionmaker, dataset_id)
     if dataset is None:
         async with sessionmaker() as session:
             return await get_dataset(session, dataset_id)
@@ -157,16 +176,12 @@ async def build_dataset(
         params = DatasetCreate.model_validate(
             {k: v for k, v in dataset.params.items() if k in DatasetCreate.model_fields}
         )
-        source = get_source(params.source)
+        source = get_source(dataset.source)
         build = source.build(sessionmaker, settings, dataset_id, params, dataset.params)
         stats = await build.run()
     except asyncio.CancelledError:
-        await _fail_quietly(
-            sessionmaker,
-            dataset_id,
-            build,
-            stored_error("build_cancelled", "the build was cancelled (service shutdown?)"),
-        )
+        # the worker stops (its work item is handed back) or lost its lease: the dataset stays
+        # `building`, and the next worker to claim the item starts the build over
         raise
     except Exception as exc:
         error = _error_of(exc, source, settings)
@@ -194,6 +209,17 @@ async def build_dataset(
     return await _finish(sessionmaker, dataset_id, stats=stats)
 
 
+async def give_up(sessionmaker: async_sessionmaker[AsyncSession], dataset_id: str, attempts: int) -> Dataset:
+    """A build whose workers kept dying: fail the dataset with what happened."""
+    error = stored_error(
+        "build_interrupted",
+        f"the build was interrupted {attempts} times (its worker stopped); create the dataset again",
+    )
+    await _fail_quietly(sessionmaker, dataset_id, None, error)
+    async with sessionmaker() as session:
+        return await get_dataset(session, dataset_id)
+
+
 async def _fail_quietly(
     sessionmaker: async_sessionmaker[AsyncSession],
     dataset_id: str,
@@ -212,27 +238,6 @@ async def _fail_quietly(
         await _finish(sessionmaker, dataset_id, stats=build.stats if build is not None else None, error=error)
     except Exception:
         logger.exception("datasets.fail_record_failed dataset_id=%s", dataset_id)
-
-
-async def fail_stale_builds(session: AsyncSession, *, stale_after_s: float = STALE_BUILD_AFTER_S) -> int:
-    """Mark builds whose heartbeat stopped (the process died) as failed; returns how many."""
-    cutoff = utcnow() - dt.timedelta(seconds=stale_after_s)
-    result = await session.execute(
-        sa.update(Dataset)
-        .where(
-            Dataset.status.in_((DatasetStatus.QUEUED, DatasetStatus.BUILDING)),
-            sa.func.coalesce(Dataset.heartbeat_at, Dataset.created_at) < cutoff,
-        )
-        .values(
-            status=DatasetStatus.FAILED,
-            finished_at=utcnow(),
-            error=stored_error(
-                "build_interrupted", "the build stopped without finishing; create the dataset again"
-            ),
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def list_datasets(

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # the request schema validates `source` against this registry
     from app.datasets.schemas import DatasetCreate
 
 PUSHED = "pushed"
-FILE = "file"  # datasets made by an upload (/v1/files); not a source one can build from
+FILE = "file"  # datasets made by an upload (/v1/files, app/files/source.py); not one to request
 
 
 class DatasetBuild(Protocol):
@@ -74,8 +74,6 @@ def register_source(source: TrajectorySource, *, default: bool = False) -> Traje
     existing = _registry().get(source.name)
     if existing is not None and existing is not source:
         raise ValueError(f"a trajectory source named {source.name!r} is already registered")
-    if source.name == FILE:
-        raise ValueError(f"{FILE!r} names uploaded files; choose another source name")
     _SOURCES[source.name] = source
     if default and source.name not in _DEFAULT:
         _DEFAULT.append(source.name)
@@ -106,7 +104,8 @@ def get_source(name: str) -> TrajectorySource:
 
 
 def source_names() -> list[str]:
-    return sorted(_registry())
+    """The sources `POST /v1/datasets` can name (uploaded files are built from their upload)."""
+    return sorted(name for name in _registry() if name != FILE)
 
 
 def default_source() -> str:

@@ -1,51 +1,53 @@
-"""Dataset builds running in the background of the API process.
-
-Each build is an asyncio task holding only a dataset id; it opens its own sessions
-(`build_dataset`). Tasks are kept on `app.state` so they are not garbage-collected and can
-be cancelled at shutdown (`cancel_builds`); a build cut short by a crash is found later by
-its stale heartbeat (`service.fail_stale_builds`).
-"""
+"""Dataset builds as work items: what a worker runs for a `dataset_build` item, and how a
+request waits for one (POST /v1/datasets `wait_s`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.datasets.metrics import dataset_metrics
-from app.datasets.models import Dataset
-from app.datasets.service import build_dataset
-from app.state import app_state
+from app.config import Settings
+from app.datasets.metrics import DatasetMetrics
+from app.datasets.models import Dataset, DatasetStatus
+from app.datasets.service import build_dataset, get_dataset, give_up
+from app.errors import NotFound
 
 logger = logging.getLogger(__name__)
+WAIT_POLL_S = 0.05
 
 
-def _tasks(app: FastAPI) -> set[asyncio.Task[object]]:
-    return app_state(app).dataset_builds
+async def run_build_item(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    settings: Settings,
+    dataset_id: str,
+    attempt: int,
+    metrics: DatasetMetrics | None,
+) -> None:
+    """Build the dataset (started over when an earlier worker died mid-way), or give up after
+    `WORKER__ITEM_MAX_ATTEMPTS` claims."""
+    try:
+        if attempt > settings.worker.item_max_attempts:
+            dataset = await give_up(sessionmaker, dataset_id, attempt - 1)
+        else:
+            dataset = await build_dataset(sessionmaker, settings, dataset_id)
+    except NotFound:  # deleted meanwhile (its file was deleted): nothing to build
+        logger.info("datasets.build_skipped dataset_id=%s reason=deleted", dataset_id)
+        return
+    if metrics is not None:
+        metrics.observe(dataset)
 
 
-async def _build_and_observe(app: FastAPI, dataset_id: str) -> Dataset:
-    state = app_state(app)
-    dataset = await build_dataset(state.sessionmaker, state.settings, dataset_id)
-    dataset_metrics(app).observe(dataset)
-    return dataset
-
-
-def start_build(app: FastAPI, dataset_id: str) -> asyncio.Task[object]:
-    task: asyncio.Task[object] = asyncio.create_task(
-        _build_and_observe(app, dataset_id), name=f"dataset-build-{dataset_id}"
-    )
-    tasks = _tasks(app)
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
-    return task
-
-
-async def cancel_builds(app: FastAPI, timeout_s: float = 10.0) -> None:
-    """Cancel running builds (each records itself as failed with `build_cancelled`)."""
-    tasks = list(_tasks(app))
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=timeout_s)
+async def wait_for_build(
+    sessionmaker: async_sessionmaker[AsyncSession], dataset_id: str, wait_s: float
+) -> Dataset:
+    """The dataset once its build ended, or as it is after `wait_s` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    while True:
+        async with sessionmaker() as session:
+            dataset = await get_dataset(session, dataset_id)
+        if dataset.status not in (DatasetStatus.QUEUED, DatasetStatus.BUILDING) or loop.time() >= deadline:
+            return dataset
+        await asyncio.sleep(min(WAIT_POLL_S, max(0.0, deadline - loop.time())))

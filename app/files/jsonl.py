@@ -11,7 +11,7 @@ a file that ART could not train on at all, with what to change (the format is in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -98,10 +98,14 @@ def parse_group_line(line_number: int, raw: bytes) -> ParsedGroup:
     return ParsedGroup(line_number, str(scenario)[:200] if scenario else f"line-{line_number}", trajectories)
 
 
+class Lines(Protocol):
+    def readline(self) -> bytes: ...
+
+
 class GroupReader:
     """Iterates a binary file object's groups, in batches (call from a worker thread)."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: Lines) -> None:
         self._stream = stream
         self.line = 0
         self.bytes = 0

@@ -1,5 +1,7 @@
-"""Uploaded files (`/v1/files`). A fine-tune JSONL becomes a dataset (source="file") at upload,
-so the file row keeps only its metadata; its groups live in `dataset_groups`."""
+"""Uploaded files (`/v1/files`). An upload is validated line by line as it is received and
+stored as it came (`file_chunks`, served back by `GET /v1/files/{id}/content`); a valid one
+queues a dataset build (source="file") that a worker runs like any other, writing the groups
+to `dataset_groups`. A refused upload leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ from app.db import Base, TimestampMixin
 
 
 class FileStatus(StrEnum):
-    PROCESSED = "processed"  # validated and stored as a dataset (OpenAI's name)
+    """OpenAI's file statuses."""
+
+    UPLOADED = "uploaded"  # being received and validated (a refused upload leaves nothing)
+    PROCESSED = "processed"  # every line was valid; its dataset is queued, building or ready
 
 
 class File(TimestampMixin, Base):
@@ -27,7 +32,19 @@ class File(TimestampMixin, Base):
     group_count: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default="0", default=0)
     trajectory_count: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default="0", default=0)
     trainable_turns: Mapped[int] = mapped_column(sa.Integer, nullable=False, server_default="0", default=0)
-    # the snapshot built from the file's groups (None only while it is being written)
+    # the snapshot built from the file's groups
     dataset_id: Mapped[str | None] = mapped_column(
         sa.String(40), sa.ForeignKey("datasets.id", ondelete="SET NULL"), nullable=True
     )
+
+
+class FileChunk(Base):
+    """The bytes of an upload as they came, in order (deleted with the file)."""
+
+    __tablename__ = "file_chunks"
+
+    file_id: Mapped[str] = mapped_column(
+        sa.String(40), sa.ForeignKey("files.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(sa.LargeBinary, nullable=False)

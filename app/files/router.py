@@ -31,14 +31,17 @@ async def create_file(
     purpose: Annotated[str, Form()],
 ) -> FileObject:
     """Upload a JSONL of trajectory groups (`purpose=fine-tune`), one ART `TrajectoryGroup`
-    per line. A malformed file is refused with the first bad line and what is wrong with it.
-    The groups become a dataset usable as a job's `training_file` (the file id)."""
+    per line. Every line is validated as it arrives: a malformed file, or one with no turn ART
+    can train, is refused (400 naming the line or the fix). A valid file answers `processed`
+    with its dataset (`dataset_id`) queued for a worker to build, like any other dataset; the
+    file id is usable as a job's `training_file` at once (the job waits for the build)."""
     service.check_purpose(purpose)
     if not file.filename:
         raise BadRequest("the upload has no filename", param="file", code="invalid_file")
     row = await service.upload_file(
         app_state(request.app).sessionmaker, file.file, filename=file.filename, purpose=purpose
     )
+    app_state(request.app).wake_worker()
     return FileObject.from_row(row)
 
 
@@ -70,11 +73,11 @@ async def delete_file(file_id: str, session: SessionDep) -> FileDeleted:
 
 @router.get("/{file_id}/content", responses=error_responses(404))
 async def file_content(file_id: str, request: Request, session: SessionDep) -> StreamingResponse:
-    """The file's groups as JSONL (re-serialised canonically: same groups, compact JSON)."""
-    dataset_id = (await service.get_file(session, file_id)).dataset_id
+    """The file's bytes, exactly as they were uploaded."""
+    await service.get_file(session, file_id)
     # end this read before streaming: the stream pages with its own short sessions, and an
     # open transaction here would hold SQLite's lock (every transaction begins IMMEDIATE)
     await session.rollback()
     return StreamingResponse(
-        service.file_lines(app_state(request.app).sessionmaker, dataset_id), media_type="application/jsonl"
+        service.file_content(app_state(request.app).sessionmaker, file_id), media_type="application/jsonl"
     )

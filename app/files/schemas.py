@@ -17,7 +17,10 @@ class FileObject(BaseModel):
     created_at: int
     filename: str
     purpose: str
-    status: FileStatus = Field(description="processed: validated and stored as a dataset")
+    status: FileStatus = Field(
+        description="uploaded: being received and validated; processed: every line was valid and its "
+        "dataset (`dataset_id`) is queued, building or ready"
+    )
     status_details: str | None = None
     expires_at: int | None = None
     dataset_id: str | None = Field(description="the dataset (source=file) holding the file's groups")

@@ -1,35 +1,33 @@
-"""Uploaded fine-tune files: validate line by line, store the groups as a dataset.
+"""Uploaded fine-tune files: validate each line as it arrives, store the bytes, queue the build.
 
-An upload writes its groups in short transactions while it reads (a large file never holds
-SQLite's write lock for long); the dataset stays `building`, invisible to jobs, until the
-last line is valid. A bad line removes everything written for the file.
+An upload is read line by line (app/files/jsonl.py): a bad line, or a file without a single
+turn ART can train, is refused at once (400 naming the line or the fix) and leaves nothing
+behind. The bytes are stored as they came (`file_chunks`) in short transactions, so a large
+file never holds SQLite's write lock for long; then, in one transaction, the file becomes
+`processed` and its dataset is queued for a worker (app/files/source.py builds it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import IO
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.datasets.models import Dataset, DatasetGroup, DatasetStatus
-from app.datasets.snapshot import SnapshotWriter
-from app.datasets.sources import FILE
-from app.datasets.stats import FROM_FILE, BuildStats
-from app.db import utcnow
+from app.datasets.models import Dataset, DatasetGroup
+from app.datasets.service import queue_upload_dataset
 from app.errors import BadRequest, NotFound
 from app.files.jsonl import GroupReader, LineError
-from app.files.models import File, FileStatus
+from app.files.models import File, FileChunk, FileStatus
 from app.ids import new_id
 from app.pagination import after_row, created_order, cursor_anchor, fetch_page
-from app.trajectories.art_shape import count_turns
 
 PURPOSES = ("fine-tune",)
 BATCH_GROUPS = 200
+CHUNK_BYTES = 1024 * 1024  # stored per file_chunks row
+CHUNKS_PER_COMMIT = 8
 
 
 def check_purpose(purpose: str) -> None:
@@ -42,92 +40,108 @@ def check_purpose(purpose: str) -> None:
         )
 
 
+class _KeptLines:
+    """The upload's lines as the reader takes them, kept until they are stored."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self.kept: list[bytes] = []
+        self.kept_bytes = 0
+
+    def readline(self) -> bytes:
+        line = self._stream.readline()
+        if line:
+            self.kept.append(line)
+            self.kept_bytes += len(line)
+        return line
+
+    def take(self) -> bytes:
+        data = b"".join(self.kept)
+        self.kept.clear()
+        self.kept_bytes = 0
+        return data
+
+
 async def upload_file(
     sessionmaker: async_sessionmaker[AsyncSession], stream: IO[bytes], *, filename: str, purpose: str
 ) -> File:
-    """Validate and store a JSONL upload; BadRequest naming the first bad line."""
+    """Validate and store a JSONL upload, and queue its dataset; BadRequest naming the first bad
+    line (or `no_trainable_data` for a file ART could not train on)."""
     check_purpose(purpose)
-    started = time.monotonic()
-    file_id, dataset_id = new_id("file"), new_id("ds")
+    file_id = new_id("file")
     async with sessionmaker() as session:
         session.add(
-            Dataset(
-                id=dataset_id,
-                status=DatasetStatus.BUILDING,
-                source=FILE,
-                params={"file_id": file_id},
-                stats={},
-                heartbeat_at=utcnow(),
-            )
+            File(id=file_id, filename=filename[:255], purpose=purpose, bytes=0, status=FileStatus.UPLOADED)
         )
         await session.commit()
-    writer = SnapshotWriter(
-        sessionmaker, dataset_id, source=FILE, scorer="", scorer_version="", max_listed_rejections=0
-    )
-    stats = BuildStats()
-    reader = GroupReader(stream)
-    no_signal = 0
+    lines = _KeptLines(stream)
+    reader = GroupReader(lines)
     try:
+        seq = 0
         while True:
             batch = await asyncio.to_thread(reader.next_batch, BATCH_GROUPS)
+            if batch and lines.kept_bytes < CHUNK_BYTES * CHUNKS_PER_COMMIT:
+                continue
+            seq = await _store(sessionmaker, file_id, lines.take(), seq)
             if not batch:
                 break
-            for group in batch:
-                rewards = [float(t["reward"]) for t in group.trajectories]
-                trainable = context_only = with_trainable = 0
-                for traj in group.trajectories:
-                    turns = count_turns(traj)
-                    trainable += turns.trainable
-                    context_only += turns.context_only
-                    with_trainable += turns.trainable > 0
-                stats.rows_read += len(rewards)
-                stats.windows += 1
-                stats.context_sources[FROM_FILE] += len(rewards)
-                if len(rewards) < 2 or max(rewards) == min(rewards):
-                    no_signal += 1
-                writer.add_group(group.scenario_id, rewards, group.trajectories, trainable)
-                stats.add_group(rewards, trainable, context_only, with_trainable)
-            await writer.flush()
         reader.check_trainable()
     except LineError as exc:
-        await _remove(sessionmaker, dataset_id)
+        await _remove(sessionmaker, file_id)
         raise BadRequest(f"invalid JSONL file {filename!r}: {exc}", param="file", code=exc.code) from None
     except BaseException:
-        await asyncio.shield(_remove(sessionmaker, dataset_id))
+        await asyncio.shield(_remove(sessionmaker, file_id))
         raise
-    stats.duration_s = time.monotonic() - started
-    stats.extra["groups_without_signal"] = no_signal
-    stats.extra["scorer"] = None
     async with sessionmaker() as session:
-        dataset = await session.get(Dataset, dataset_id)
-        assert dataset is not None
-        dataset.status = DatasetStatus.READY
-        dataset.stats = stats.to_dict()
-        dataset.group_count = stats.groups_kept
-        dataset.trajectory_count = stats.rows_used
-        dataset.trainable_turns = stats.trainable_turns
-        dataset.finished_at = utcnow()
-        file = File(
-            id=file_id,
-            filename=filename[:255],
-            purpose=purpose,
-            bytes=reader.bytes,
-            status=FileStatus.PROCESSED,
-            dataset_id=dataset_id,
-            group_count=reader.groups,
-            trajectory_count=reader.trajectories,
-            trainable_turns=reader.trainable_turns,
-        )
-        session.add(file)
+        file = await get_file(session, file_id)
+        file.bytes = reader.bytes
+        file.status = FileStatus.PROCESSED
+        file.group_count = reader.groups
+        file.trajectory_count = reader.trajectories
+        file.trainable_turns = reader.trainable_turns
+        file.dataset_id = (await queue_upload_dataset(session, file_id)).id
         await session.commit()
         return file
 
 
-async def _remove(sessionmaker: async_sessionmaker[AsyncSession], dataset_id: str) -> None:
+async def _store(sessionmaker: async_sessionmaker[AsyncSession], file_id: str, data: bytes, seq: int) -> int:
+    """Store `data` as the file's next chunks; returns the next sequence number."""
+    rows = [
+        {"file_id": file_id, "seq": seq + n, "data": data[at : at + CHUNK_BYTES]}
+        for n, at in enumerate(range(0, len(data), CHUNK_BYTES))
+    ]
+    if rows:
+        async with sessionmaker() as session:
+            await session.execute(sa.insert(FileChunk), rows)
+            await session.commit()
+    return seq + len(rows)
+
+
+async def _remove(sessionmaker: async_sessionmaker[AsyncSession], file_id: str) -> None:
     async with sessionmaker() as session:
-        await session.execute(sa.delete(DatasetGroup).where(DatasetGroup.dataset_id == dataset_id))
-        await session.execute(sa.delete(Dataset).where(Dataset.id == dataset_id))
+        await session.execute(sa.delete(FileChunk).where(FileChunk.file_id == file_id))
+        await session.execute(sa.delete(File).where(File.id == file_id))
         await session.commit()
+
+
+async def file_content(sessionmaker: async_sessionmaker[AsyncSession], file_id: str) -> AsyncIterator[bytes]:
+    """The file's bytes as they were uploaded, chunk by chunk."""
+    seq = -1
+    while True:
+        async with sessionmaker() as session:
+            rows = (
+                await session.execute(
+                    sa.select(FileChunk.seq, FileChunk.data)
+                    .where(FileChunk.file_id == file_id, FileChunk.seq > seq)
+                    .order_by(FileChunk.seq)
+                    .limit(CHUNKS_PER_COMMIT)
+                )
+            ).all()
+        if not rows:
+            return
+        for _seq, data in rows:
+            yield data
+        seq = rows[-1][0]
 
 
 async def resolve_training_file(session: AsyncSession, file_or_dataset_id: str) -> Dataset:
@@ -184,30 +198,3 @@ async def delete_file(session: AsyncSession, file_id: str) -> None:
     if dataset_id is not None:
         await session.execute(sa.delete(DatasetGroup).where(DatasetGroup.dataset_id == dataset_id))
         await session.execute(sa.delete(Dataset).where(Dataset.id == dataset_id))
-
-
-async def file_lines(
-    sessionmaker: async_sessionmaker[AsyncSession], dataset_id: str | None
-) -> AsyncIterator[bytes]:
-    """The file's groups as JSONL again (canonical JSON, one group per line), page by page."""
-    if dataset_id is None:
-        return
-    position = 0
-    while True:
-        async with sessionmaker() as session:
-            rows = (
-                await session.scalars(
-                    sa.select(DatasetGroup)
-                    .where(DatasetGroup.dataset_id == dataset_id, DatasetGroup.position >= position)
-                    .order_by(DatasetGroup.position)
-                    .limit(100)
-                )
-            ).all()
-        if not rows:
-            return
-        for row in rows:
-            yield (
-                orjson.dumps({"trajectories": row.trajectories, "metadata": {"scenario_id": row.scenario_id}})
-                + b"\n"
-            )
-        position = rows[-1].position + 1

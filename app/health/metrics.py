@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Awaitable, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+logger = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -32,6 +34,7 @@ class Metrics:
         )
         # Resolving labels costs a dict lookup per call; cache the children.
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._refreshers: list[Callable[[], Awaitable[None]]] = []
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (route, method, status)
@@ -47,6 +50,17 @@ class Metrics:
 
     def watch_engine(self, engine_getter: Callable[[], AsyncEngine | None]) -> None:
         self.registry.register(_PoolCollector(engine_getter))
+
+    def add_refresher(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        """Run `refresh` before each scrape (gauges read from the database)."""
+        self._refreshers.append(refresh)
+
+    async def refresh(self) -> None:
+        for refresh in self._refreshers:
+            try:
+                await refresh()
+            except Exception as exc:  # a scrape still answers with what it has
+                logger.warning("metrics.refresh_failed error=%s", type(exc).__name__)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -120,7 +120,9 @@ async def _record(
             .execution_options(synchronize_session=False)
         )
         if getattr(result, "rowcount", 0):  # another worker may have recorded it first
-            add_event(session, job_id, message, level="error" if outcome == HandoffStatus.FAILED else "info")
+            await add_event(
+                session, job_id, message, level="error" if outcome == HandoffStatus.FAILED else "info"
+            )
         await session.commit()
 
 

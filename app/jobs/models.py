@@ -8,6 +8,7 @@ before and after every remote call, so a restarted worker resumes instead of re-
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,24 +16,42 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, JSONType, TimestampMixin, UTCDateTime, utcnow
 
-# Job statuses (OpenAI's names). Strings, not a native enum: adding one needs no ALTER TYPE.
-VALIDATING = "validating_files"
-QUEUED = "queued"
-RUNNING = "running"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-CANCELLED = "cancelled"
-ACTIVE_STATUSES = (VALIDATING, QUEUED, RUNNING)
-TERMINAL_STATUSES = (SUCCEEDED, FAILED, CANCELLED)
 
-# Step statuses. `submitting` is written before the POST: finding it after a crash means the
-# POST's outcome is unknown and must be resolved from the model's checkpoints.
-STEP_PENDING = "pending"
-STEP_SUBMITTING = "submitting"
-STEP_UNKNOWN = "unknown"
-STEP_SUBMITTED = "submitted"
-STEP_SUCCEEDED = "succeeded"
-STEP_FAILED = "failed"
+class JobStatus(StrEnum):
+    """A job's status (OpenAI's names). Stored as strings, not a native enum: adding one needs
+    no ALTER TYPE."""
+
+    VALIDATING = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (JobStatus.VALIDATING, JobStatus.QUEUED, JobStatus.RUNNING)
+TERMINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class StepStatus(StrEnum):
+    """A training step's stored state; app/training/steps.py holds the transitions between them."""
+
+    PENDING = "pending"  # planned, nothing sent
+    # stored with the base checkpoint step *before* the POST: a worker that finds a step here
+    # after a crash cannot know whether W&B accepted it (→ unknown)
+    SUBMITTING = "submitting"
+    UNKNOWN = "unknown"  # the POST's answer was lost; decided from the model's checkpoints
+    SUBMITTED = "submitted"  # W&B's training job id stored; its events are followed
+    ENDED = "ended"  # `training_ended` seen; the step's checkpoint is being looked up
+    SUCCEEDED = "succeeded"  # its checkpoint is recorded
+    FAILED = "failed"  # W&B refused or failed it: no checkpoint will come
+    # the service stopped following it (cancel, stall, unresolved outcome) while W&B may still
+    # finish it: a checkpoint W&B produces later is recorded as this step's, marked late
+    ABANDONED = "abandoned"
+    CANCELLED = "cancelled"  # cancelled before anything was sent
+
+
+STEP_FINAL_STATUSES = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.ABANDONED, StepStatus.CANCELLED)
 
 
 class FineTuningJob(TimestampMixin, Base):
@@ -113,6 +132,10 @@ class JobStep(Base):
     submit_started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     submitted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_event_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # when `training_ended` was stored (the step's checkpoint is looked up from then on)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # when the step began (before the base checkpoint is read): the step's wall time starts here
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
 
 from app.deps import SessionDep, SettingsDep
@@ -27,12 +27,6 @@ router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"])
 
 METADATA_FILTER = re.compile(r"^metadata\[(.+)\]$")
 Limit = Annotated[int, Query(ge=1, le=100)]
-
-
-def wake_worker(request: Request) -> None:
-    worker = app_state(request.app).worker
-    if worker is not None:
-        worker.wake()
 
 
 @router.post("/jobs", response_model=JobObject, responses=error_responses(400, 404, 409))
@@ -58,7 +52,7 @@ async def create_job(
         if existing is None:
             raise
         job = existing
-    wake_worker(request)
+    app_state(request.app).wake_worker()
     return job_object(job)
 
 
@@ -86,8 +80,11 @@ async def list_jobs(
 
 
 @router.get("/jobs/{fine_tuning_job_id}", response_model=JobObject, responses=error_responses(404))
-async def retrieve_job(fine_tuning_job_id: str, session: SessionDep) -> JobObject:
-    return job_object(await service.get_job(session, fine_tuning_job_id))
+async def retrieve_job(fine_tuning_job_id: str, session: SessionDep) -> Response:
+    """The job as it is now. Polled in loops by clients and the game: the object is serialised
+    once, directly (FastAPI would validate the returned model against `response_model` again)."""
+    job = await service.get_job(session, fine_tuning_job_id)
+    return Response(job_object(job).model_dump_json(), media_type="application/json")
 
 
 @router.post(
@@ -96,11 +93,13 @@ async def retrieve_job(fine_tuning_job_id: str, session: SessionDep) -> JobObjec
 async def cancel_job(
     fine_tuning_job_id: str, request: Request, session: SessionDep, settings: SettingsDep
 ) -> JobObject:
-    """A queued job is cancelled at once; a running one at its next safe point (W&B has no
-    cancel endpoint, so a step already sent finishes and its checkpoint is kept)."""
+    """Cancel the job wherever it stands. A job no worker holds is cancelled at once; a running
+    one by its worker within `WORKER__POLL_INTERVAL_S` (the answer says `cancel_requested`). W&B
+    has no cancel endpoint: a step already sent may still finish there; the cancel event says
+    so, and its checkpoint is recorded under the job marked late (never latest or best)."""
     job = await service.cancel_job(session, settings, fine_tuning_job_id)
     await session.commit()
-    wake_worker(request)
+    app_state(request.app).wake_worker()
     return job_object(job)
 
 

@@ -162,6 +162,9 @@ def checkpoint_object(ckpt: Checkpoint, job_id: str) -> CheckpointObject:
         metrics=metrics,
         job_step=ckpt.job_step,
         deleted=ckpt.deleted_at is not None,
+        # step: the job's step completed with it; late: W&B finished the step after the job had
+        # stopped following it (kept and listed, never latest, best or the job's model)
+        origin=ckpt.origin,
     )
 
 

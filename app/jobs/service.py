@@ -24,16 +24,18 @@ from app.jobs import handoff, webhooks
 from app.jobs.events import add_event
 from app.jobs.hyperparameters import Hyperparameters, resolve_hyperparameters
 from app.jobs.models import (
-    CANCELLED,
-    QUEUED,
+    STEP_FINAL_STATUSES,
     TERMINAL_STATUSES,
-    VALIDATING,
     FineTuningJob,
     JobEvent,
+    JobStatus,
+    JobStep,
+    StepStatus,
 )
 from app.jobs.schemas import CreateJobRequest
 from app.jobs.states import transition
 from app.pagination import after_row, created_order, cursor_anchor, fetch_page
+from app.queue.workers import require_training_worker
 from app.registry import service as registry
 from app.registry.models import Checkpoint
 
@@ -251,15 +253,20 @@ async def create_job(
     urls = _job_webhook_urls(request, metadata, settings)
 
     dataset = await resolve_dataset(session, request.training_file)
-    check_dataset_trainable(dataset, request.training_file)
+    # A file uploaded a moment ago has its dataset still queued or building (a worker builds it):
+    # the job waits for it in `validating_files`, and its runner checks it once built.
+    building = dataset.status in (DatasetStatus.QUEUED, DatasetStatus.BUILDING)
+    if not building:
+        check_dataset_trainable(dataset, request.training_file)
+    await require_training_worker(session, settings)
 
     job_id = new_id("ftjob")
     model_name = request.suffix or default_model_name(job_id)
     await _check_model_line(session, settings, model_name, request.model)
-    steps = total_steps(dataset.group_count, hp)
+    steps = 0 if building else total_steps(dataset.group_count, hp)
     job = FineTuningJob(
         id=job_id,
-        status=QUEUED,
+        status=JobStatus.VALIDATING if building else JobStatus.QUEUED,
         base_model=request.model,
         training_file=request.training_file,
         dataset_id=dataset.id,
@@ -279,8 +286,18 @@ async def create_job(
     )
     session.add(job)
     await session.flush()  # an idempotency-key race surfaces here as IntegrityError
-    add_event(session, job.id, f"Created fine-tuning job: {job.id}")
-    add_event(
+    await add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+    if building:
+        await add_event(
+            session,
+            job.id,
+            f"Waiting for training file {request.training_file} to be built (dataset {dataset.id} is "
+            f"{dataset.status}); it is validated once built",
+            data={"dataset_id": dataset.id},
+        )
+        await session.flush()
+        return job
+    await add_event(
         session,
         job.id,
         f"Validated training file {request.training_file}: {dataset.group_count} groups, "
@@ -291,7 +308,7 @@ async def create_job(
             "trainable_turns": dataset.trainable_turns,
         },
     )
-    add_event(
+    await add_event(
         session,
         job.id,
         f"Job queued: {steps} training steps of up to {hp.groups_per_step} groups on model line "
@@ -366,48 +383,89 @@ async def list_checkpoints(
 
 
 async def cancel_job(session: AsyncSession, settings: Settings, job_id: str) -> FineTuningJob:
-    """Queued → cancelled now; running → cancelled by its worker at the next safe point."""
+    """Cancel now when no live worker holds the job; otherwise record the request, which its
+    worker sees within `WORKER__POLL_INTERVAL_S` wherever the job stands and ends it cancelled."""
     job = await get_job(session, job_id, for_update=True)
-    if job.status == CANCELLED:
+    if job.status == JobStatus.CANCELLED:
         return job
     if job.status in TERMINAL_STATUSES:
         raise Conflict(
             f"job {job.id} already {job.status}; it cannot be cancelled", code="job_not_cancellable"
         )
-    if job.status in (VALIDATING, QUEUED) and job.worker_id is None:
-        await finish_job(session, settings, job, CANCELLED, message="Job cancelled before it started")
+    now = utcnow()
+    first_request = job.cancel_requested_at is None
+    if first_request:
+        job.cancel_requested_at = now
+    held = job.worker_id is not None and job.lease_expires_at is not None and job.lease_expires_at >= now
+    if not held:
+        await finish_cancelled(session, settings, job)
         return job
-    if job.cancel_requested_at is None:
-        job.cancel_requested_at = utcnow()
-        add_event(
+    if first_request:
+        await add_event(
             session,
             job.id,
-            "Cancellation requested: the job stops at the next safe point (after the step in flight, if any)",
+            f"Cancellation requested: worker {job.worker_id} stops the job within "
+            f"{settings.worker.poll_interval_s:g}s, wherever it stands",
         )
     await session.flush()
     return job
+
+
+IN_FLIGHT = {
+    StepStatus.SUBMITTING: "its training request was being sent: W&B may have accepted it and may still train it",
+    StepStatus.UNKNOWN: "W&B's answer to its training request was lost: W&B may still train it",
+    StepStatus.SUBMITTED: "it was training on W&B, which has no cancel endpoint: it may still finish",
+    StepStatus.ENDED: "it had finished training on W&B; its checkpoint was not recorded yet",
+}
+
+
+async def finish_cancelled(session: AsyncSession, settings: Settings, job: FineTuningJob) -> None:
+    """End the job cancelled: a step not sent yet is cancelled; a step W&B may still finish is
+    abandoned, and the event says so (its checkpoint, if any, is recorded later marked late)."""
+    step = await session.scalar(
+        sa.select(JobStep).where(JobStep.job_id == job.id).order_by(JobStep.number.desc()).limit(1)
+    )
+    if job.status != JobStatus.RUNNING:
+        message = "Job cancelled before it started"
+    else:
+        message = f"Job cancelled after {job.completed_steps} of {job.total_steps} steps" + (
+            "; its checkpoints are kept" if job.completed_steps else ""
+        )
+    data: dict[str, Any] = {"completed_steps": job.completed_steps, "total_steps": job.total_steps}
+    if step is not None and step.status not in STEP_FINAL_STATUSES:
+        in_flight = IN_FLIGHT.get(StepStatus(step.status))
+        step.status = StepStatus.ABANDONED if in_flight else StepStatus.CANCELLED
+        step.finished_at = utcnow()
+        if in_flight:
+            remote = f" (W&B training job {step.remote_job_id})" if step.remote_job_id else ""
+            message += (
+                f". Step {step.number}{remote}: {in_flight}. A checkpoint W&B produces for it is recorded "
+                f"under this job as step {step.number}, marked late: listed and kept, never latest or best"
+            )
+            data.update(abandoned_step=step.number, remote_job_id=step.remote_job_id)
+    await finish_job(session, settings, job, JobStatus.CANCELLED, message=message, data=data)
 
 
 async def finish_job(
     session: AsyncSession,
     settings: Settings,
     job: FineTuningJob,
-    status: str,
+    status: JobStatus,
     *,
     message: str,
     error: dict[str, Any] | None = None,
-    level: str = "info",
+    data: dict[str, Any] | None = None,
 ) -> None:
     """Terminal transition + its event, webhook deliveries and pending game hand-off, in one flush."""
     transition(job, status)
     job.error = error
     await handoff.mark_pending(session, job)
-    add_event(
+    await add_event(
         session,
         job.id,
         message,
-        level="error" if error else ("warn" if level == "warn" else "info"),
-        data=error,
+        level="error" if error else "info",
+        data=error or data,
     )
     webhooks.enqueue_job_notification(session, settings, job)
     await session.flush()

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 
 import httpx
 import orjson
@@ -24,14 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.db import to_unix, utcnow
 from app.ids import new_id
-from app.jobs.models import CANCELLED, FAILED, SUCCEEDED, FineTuningJob, WebhookDelivery
+from app.jobs.models import FineTuningJob, JobStatus, WebhookDelivery
 
 logger = logging.getLogger(__name__)
 
-EVENT_TYPES = {
-    SUCCEEDED: "fine_tuning.job.succeeded",
-    FAILED: "fine_tuning.job.failed",
-    CANCELLED: "fine_tuning.job.cancelled",
+EVENT_TYPES: dict[str, str] = {
+    JobStatus.SUCCEEDED: "fine_tuning.job.succeeded",
+    JobStatus.FAILED: "fine_tuning.job.failed",
+    JobStatus.CANCELLED: "fine_tuning.job.cancelled",
 }
 PENDING, DELIVERED, GAVE_UP = "pending", "delivered", "failed"
 
@@ -144,8 +145,10 @@ async def deliver_due(
     http: httpx.AsyncClient,
     *,
     limit: int = 20,
+    observe: Callable[[str], None] | None = None,
 ) -> int:
-    """Send every due delivery once; returns how many were attempted."""
+    """Send every due delivery once; returns how many were attempted. `observe` is told each
+    attempt's outcome: delivered, retry or failed (gave up)."""
     if settings.training.webhook_secret is None:
         return 0
     secret = settings.training.webhook_secret.get_secret_value()
@@ -163,17 +166,22 @@ async def deliver_due(
             now = utcnow()
             if error is None:
                 row.status, row.delivered_at, row.next_attempt_at = DELIVERED, now, None
+                outcome = "delivered"
                 logger.info("webhook.delivered id=%s job_id=%s url=%s", row.id, row.job_id, url)
             elif row.attempts >= settings.training.webhook_max_attempts:
                 row.status, row.next_attempt_at = GAVE_UP, None
+                outcome = "failed"
                 logger.warning(
                     "webhook.gave_up id=%s job_id=%s url=%s error=%s", row.id, row.job_id, url, error
                 )
             else:
+                outcome = "retry"
                 delay = settings.training.webhook_backoff_s * 2 ** (row.attempts - 1)
                 row.next_attempt_at = now + dt.timedelta(seconds=delay)
                 logger.info(
                     "webhook.retry id=%s attempt=%s in_s=%.1f error=%s", row.id, row.attempts, delay, error
                 )
             await session.commit()
+        if observe is not None:
+            observe(outcome)
     return len(claimed)

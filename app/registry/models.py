@@ -8,6 +8,7 @@ from its latest checkpoint. Each checkpoint is served under its exact W&B name
 from __future__ import annotations
 
 import datetime as dt
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +31,16 @@ class ServedModel(TimestampMixin, Base):
     fallback_to_base: Mapped[bool] = mapped_column(sa.Boolean, nullable=False, default=False)
 
 
+class CheckpointOrigin(StrEnum):
+    """Where a checkpoint came from. Only `step` checkpoints become `latest`, `best` or a job's
+    model; the others are listed and kept (retention never deletes them) but never aliased."""
+
+    STEP = "step"  # the checkpoint of a step the service followed to its end
+    # W&B finished a step after the service had cancelled or abandoned it (job_id/job_step say which)
+    LATE = "late"
+    EXTERNAL = "external"  # found on the model line, produced by nothing this service sent
+
+
 class Checkpoint(TimestampMixin, Base):
     __tablename__ = "checkpoints"
     __table_args__ = (sa.UniqueConstraint("model_id", "step"),)
@@ -44,6 +55,12 @@ class Checkpoint(TimestampMixin, Base):
     artifact_name: Mapped[str] = mapped_column(sa.String(500), nullable=False, unique=True)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False, default=dict)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    origin: Mapped[str] = mapped_column(
+        sa.String(16),
+        nullable=False,
+        default=CheckpointOrigin.STEP,
+        server_default=CheckpointOrigin.STEP.value,
+    )
 
 
 class ModelAlias(Base):

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db import utcnow
-from app.registry.models import Checkpoint, ModelAlias, ServedModel
+from app.registry.models import Checkpoint, CheckpointOrigin, ModelAlias, ServedModel
 from app.registry.service import set_alias
 
 COMPUTED_ALIASES = ("latest", "best")
@@ -69,9 +69,15 @@ def computed_alias(ckpts: Sequence[Checkpoint], alias: str, rule: BestRule) -> C
 
 
 async def live_checkpoints(session: AsyncSession, model: ServedModel) -> list[Checkpoint]:
+    """The line's checkpoints that aliases may point at and retention may delete: not deleted,
+    and produced by a step a job completed (late and external ones are kept, never aliased)."""
     rows = await session.scalars(
         sa.select(Checkpoint)
-        .where(Checkpoint.model_id == model.id, Checkpoint.deleted_at.is_(None))
+        .where(
+            Checkpoint.model_id == model.id,
+            Checkpoint.deleted_at.is_(None),
+            Checkpoint.origin == CheckpointOrigin.STEP,
+        )
         .order_by(Checkpoint.step)
     )
     return list(rows.all())

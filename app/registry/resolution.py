@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.errors import AppError
 from app.registry import service
-from app.registry.models import Checkpoint, ServedModel
+from app.registry.models import Checkpoint, CheckpointOrigin, ServedModel
 from app.registry.policy import COMPUTED_ALIASES, BestRule, computed_alias, live_checkpoints
 from app.registry.service import ARTIFACT_PREFIX, model_not_found
 
@@ -151,7 +151,8 @@ async def _from_artifact_name(session: AsyncSession, name: str, rules: ResolveRu
 
 
 async def _from_job(session: AsyncSession, name: str, rules: ResolveRules) -> Resolution:
-    rows, _ = await service.job_checkpoints(session, name)
+    # a late checkpoint (a cancelled or abandoned step W&B finished anyway) is never the job's model
+    rows = [c for c in (await service.job_checkpoints(session, name))[0] if c.origin == CheckpointOrigin.STEP]
     if not rows:
         raise model_not_found(name, "the job has no checkpoint (yet)")
     alive = [c for c in rows if c.deleted_at is None]

@@ -16,7 +16,7 @@ from app.db import utcnow
 from app.errors import BadRequest, NotFound
 from app.ids import new_id
 from app.pagination import fetch_page
-from app.registry.models import Checkpoint, ModelAlias, ServedModel
+from app.registry.models import Checkpoint, CheckpointOrigin, ModelAlias, ServedModel
 
 ARTIFACT_PREFIX = "wandb-artifact:///"
 ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
@@ -121,6 +121,7 @@ async def record_checkpoint(
     metrics: dict[str, float],
     job_id: str | None = None,
     job_step: int | None = None,
+    origin: CheckpointOrigin = CheckpointOrigin.STEP,
 ) -> Checkpoint:
     """Insert the checkpoint of `step` once; a second call returns the stored row."""
     existing = await session.scalar(
@@ -136,6 +137,7 @@ async def record_checkpoint(
         step=step,
         artifact_name=artifact_name(model.entity, model.project, model.name, step),
         metrics=dict(metrics),
+        origin=origin,
     )
     session.add(ckpt)
     await session.flush()
@@ -229,6 +231,13 @@ async def set_alias(
     if checkpoint.deleted_at is not None:
         raise BadRequest(
             f"checkpoint {checkpoint.id} was deleted", param="checkpoint", code="checkpoint_deleted"
+        )
+    if checkpoint.origin != CheckpointOrigin.STEP and alias in ("latest", "best"):
+        raise BadRequest(
+            f"checkpoint {checkpoint.id} came from a step that was cancelled or abandoned ({checkpoint.origin}); "
+            f"'{alias}' only follows the steps jobs completed",
+            param="checkpoint",
+            code="checkpoint_not_aliasable",
         )
     row = await session.scalar(
         sa.select(ModelAlias).where(ModelAlias.model_id == model.id, ModelAlias.alias == alias)

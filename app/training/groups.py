@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.datasets.models import DatasetGroup
 from app.training.art_env import import_art
+from app.training.remote import GroupPayload
 
 
 def _entry(entry: Any) -> Any:
@@ -49,14 +49,14 @@ def trajectory_from_dict(data: dict[str, Any]) -> Any:
     return trajectory
 
 
-def trajectory_groups(rows: Sequence[DatasetGroup]) -> list[Any]:
+def trajectory_groups(groups: Sequence[GroupPayload]) -> list[Any]:
     art = import_art()
     return [
         art.TrajectoryGroup(
-            [trajectory_from_dict(t) for t in row.trajectories],
-            metadata={"scenario_id": row.scenario_id},
+            [trajectory_from_dict(t) for t in group.trajectories],
+            metadata={"scenario_id": group.scenario_id},
         )
-        for row in rows
+        for group in groups
     ]
 
 

@@ -14,12 +14,26 @@ DEFAULT_ALLOWED_BASE_MODELS = [
 
 
 class WorkerSettings(BaseModel):
-    poll_interval_s: float = Field(1.0, gt=0, description="how often an idle worker looks for work")
+    poll_interval_s: float = Field(
+        1.0, gt=0, description="how often an idle worker looks for work and running jobs look for a cancel"
+    )
     lease_s: float = Field(60.0, gt=0, description="how long a claim lasts without a heartbeat")
-    heartbeat_s: float = Field(10.0, gt=0, description="how often a running job renews its lease")
+    heartbeat_s: float = Field(
+        10.0, gt=0, description="how often a worker renews its claims and its row in the worker registry"
+    )
+    live_after_s: float = Field(
+        30.0, gt=0, description="a worker whose last heartbeat is older than this is not counted as live"
+    )
     event_poll_interval_s: float = Field(1.0, gt=0, description="how often remote training events are polled")
-    step_watchdog_s: float = Field(3600.0, gt=0, description="fail a step that shows no event for this long")
-    remote_timeout_s: float = Field(60.0, gt=0, description="timeout of one call to the W&B API")
+    step_watchdog_s: float = Field(
+        3600.0, gt=0, description="abandon a step that shows no event for this long"
+    )
+    remote_timeout_s: float = Field(
+        60.0, gt=0, description="timeout of one W&B call (except the training POST)"
+    )
+    training_post_timeout_s: float = Field(
+        600.0, gt=0, description="timeout of the training POST (ART's client waits 600 s)"
+    )
     remote_get_retries: int = Field(
         3,
         ge=0,
@@ -27,6 +41,12 @@ class WorkerSettings(BaseModel):
         description="retries of a failed W&B GET/DELETE inside ART's client (POSTs never retry)",
     )
     max_concurrent_jobs: int = Field(4, ge=1, description="jobs one worker runs at the same time")
+    max_concurrent_items: int = Field(
+        1, ge=1, description="work items (dataset builds) one worker runs at the same time"
+    )
+    item_max_attempts: int = Field(
+        3, ge=1, description="a work item whose worker died this many times is given up (its dataset fails)"
+    )
     submit_resolution_s: float = Field(
         900.0,
         gt=0,
@@ -35,11 +55,27 @@ class WorkerSettings(BaseModel):
     checkpoint_wait_s: float = Field(
         60.0, gt=0, description="after training_ended, how long to wait for the new checkpoint to be listed"
     )
+    late_checkpoint_window_s: float = Field(
+        86400.0, ge=0, description="how long checkpoints of cancelled or abandoned steps are looked for"
+    )
+    late_checkpoint_interval_s: float = Field(
+        60.0, gt=0, description="how often a worker looks for checkpoints of cancelled or abandoned steps"
+    )
     rate_limit_retries: int = Field(
         5, ge=0, description="retries of a training POST that W&B refused with 429 (never accepted)"
     )
     shutdown_grace_s: float = Field(
         15.0, ge=0, description="on shutdown, how long an in-flight training POST may take to finish"
+    )
+    wandb_key_check_ttl_s: float = Field(
+        300.0, gt=0, description="how long W&B's answer about the key is cached (health, worker registry)"
+    )
+    metrics_host: str = Field("0.0.0.0", description="interface of `training-control worker`'s /metrics")
+    metrics_port: int = Field(
+        9464,
+        ge=-1,
+        le=65535,
+        description="port of `training-control worker`'s /metrics (0: any free; -1: off)",
     )
 
     @model_validator(mode="after")

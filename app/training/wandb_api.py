@@ -1,11 +1,17 @@
-"""The W&B Training API through openpipe-art's ServerlessBackend, one call at a time.
+"""`TrainingAPI` on W&B Training through openpipe-art's ServerlessBackend client.
 
 ART registers the model and speaks the wire protocol (its client, request bodies and
 experimental config); this module exposes each remote call separately so the worker can
 store the remote job id and the last event id between calls, which `backend.train` hides
-(art-serverless.md §7.4). Every call has a timeout. The W&B key is passed explicitly and
-never enters `os.environ`; ART's W&B SDK hook (`_get_wandb_run`) is disabled, so only
-`WANDB_BASE_URL` is contacted.
+(art-serverless.md §7.4). The W&B key is passed explicitly and never enters `os.environ`;
+ART's W&B SDK hook (`_get_wandb_run`) is disabled, so only `WANDB_BASE_URL` is contacted.
+
+Timeouts: the training POST gets its own (`WORKER__TRAINING_POST_TIMEOUT_S`, ART's 600 s by
+default: ART's client inherits openai's `DEFAULT_TIMEOUT = httpx.Timeout(600, connect=5.0)`,
+openai/_constants.py), so a slow but successful POST is not turned into an unknown outcome
+and a late 4xx is still seen. Every other call has `WORKER__REMOTE_TIMEOUT_S` per attempt.
+The openai client reads its `timeout` per request, so the POST goes through a second client
+(`_post_backend`) rather than changing a shared one under concurrent jobs.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ import importlib
 import logging
 import types
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
@@ -25,78 +30,58 @@ from app.config import Settings
 from app.jobs.hyperparameters import Hyperparameters
 from app.outbound import Outbound, OutboundSettings
 from app.training.art_env import import_art
+from app.training.groups import trajectory_groups
+from app.training.remote import (
+    GroupPayload,
+    RemoteCheckpoint,
+    RemoteError,
+    RemoteEvent,
+    RemoteModel,
+    RemoteRateLimited,
+    RemoteRejected,
+    RemoteUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class RemoteError(Exception):
-    """A W&B call failed. `accepted` tells what is known about a POST's effect on the server."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class RemoteUnavailable(RemoteError):
-    """Timeout, dropped connection or 5xx: a POST may or may not have been accepted."""
-
-
-class RemoteRateLimited(RemoteError):
-    """429: the request was refused, nothing was created."""
-
-
-class RemoteRejected(RemoteError):
-    """Another 4xx: the request was refused, nothing was created; retrying will not help."""
-
-
-@dataclass(frozen=True)
-class RemoteModel:
-    id: str
-    entity: str
-    project: str
-    name: str
-    base_model: str
-
-
-@dataclass(frozen=True)
-class RemoteCheckpoint:
-    id: str
-    step: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RemoteEvent:
-    id: str
-    type: str
-    data: dict[str, Any]
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        body = exc.body
-        detail = body.get("detail", body) if isinstance(body, dict) else body
-        return f"HTTP {exc.status_code}: {str(detail)[:300]}"
-    return f"{type(exc).__name__}: {str(exc)[:300]}"
+def _detail(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    return str(detail)[:300]
 
 
 def classify(exc: BaseException) -> RemoteError:
     """Map the openai client's exceptions onto what they mean for a non-idempotent POST."""
     if isinstance(exc, RemoteError):
         return exc
-    if isinstance(
-        exc, (asyncio.TimeoutError, openai.APITimeoutError, openai.APIConnectionError, httpx.HTTPError)
-    ):
-        return RemoteUnavailable(_describe(exc))
     if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
+        status, detail = exc.status_code, _detail(exc)
+        message = f"HTTP {status}: {detail}"
         if status == 429:
-            return RemoteRateLimited(_describe(exc), status=status)
+            return RemoteRateLimited(message, status=status, detail=detail)
         if status == 408 or status >= 500:
-            return RemoteUnavailable(_describe(exc), status=status)
-        return RemoteRejected(_describe(exc), status=status)
-    return RemoteUnavailable(_describe(exc))
+            return RemoteUnavailable(message, status=status, detail=detail)
+        return RemoteRejected(message, status=status, detail=detail)
+    if isinstance(exc, (TimeoutError, openai.APITimeoutError)):
+        return RemoteUnavailable(f"no answer in time ({type(exc).__name__})")
+    if isinstance(exc, (openai.APIConnectionError, httpx.HTTPError)):
+        return RemoteUnavailable(f"{type(exc).__name__}: {str(exc)[:300]}")
+    return RemoteUnavailable(f"{type(exc).__name__}: {str(exc)[:300]}")
+
+
+def _backend(api_key: str, base_url: str, timeout: httpx.Timeout, retries: int, route: Outbound) -> Any:
+    """One ServerlessBackend (one connection pool): every W&B client is built here."""
+    from art.serverless.backend import ServerlessBackend
+
+    backend = ServerlessBackend(api_key=api_key, base_url=base_url)
+    # The proxy and the trusted CAs are the gateway's (app/outbound.py), decided here rather
+    # than by httpx reading the environment with rules of its own: both reach W&B alike.
+    backend._client._client = _http_client(route)
+    backend._client.timeout = timeout
+    backend._client.max_retries = retries  # ART's client sets 0 for POSTs itself
+    return backend
 
 
 def _http_client(route: Outbound) -> Any:
@@ -120,7 +105,7 @@ def _http_client(route: Outbound) -> Any:
 
 
 class WandbTraining:
-    """One ServerlessBackend (one HTTP connection pool) shared by a worker's jobs."""
+    """The W&B clients shared by a worker's jobs."""
 
     def __init__(
         self,
@@ -128,22 +113,24 @@ class WandbTraining:
         api_key: str,
         base_url: str,
         timeout_s: float,
+        post_timeout_s: float,
         get_retries: int = 3,
         outbound: Outbound | None = None,
     ) -> None:
         import_art()
-        from art.serverless.backend import ServerlessBackend
-
-        self._backend = ServerlessBackend(api_key=api_key, base_url=base_url)
-        self._client = self._backend._client
-        # The proxy and the trusted CAs are the gateway's (app/outbound.py), decided here rather
-        # than by httpx reading the environment with rules of its own: both reach W&B alike.
+        connect = min(5.0, timeout_s)
         route = outbound if outbound is not None else Outbound.for_url(base_url, OutboundSettings())
-        self._client._client = _http_client(route)
-        # ART's client waits 600 s per request; ours is bounded per attempt (GETs retry 3×).
-        self._client.timeout = httpx.Timeout(timeout_s, connect=min(5.0, timeout_s))
-        self._client.max_retries = get_retries  # ART's client sets 0 for POSTs itself
+        # ART's client waits 600 s per request; GETs are bounded per attempt (and retry), the
+        # training POST has its own, longer timeout (ART's 600 s by default) and never retries.
+        self._backend = _backend(
+            api_key, base_url, httpx.Timeout(timeout_s, connect=connect), get_retries, route
+        )
+        self._post_backend = _backend(
+            api_key, base_url, httpx.Timeout(post_timeout_s, connect=connect), 0, route
+        )
+        self._client = self._backend._client
         self._timeout_s = timeout_s
+        self._post_deadline_s = post_timeout_s + 5.0
         # the client retries a GET with up to 8 s backoff: bound the whole call too
         self._get_deadline_s = timeout_s * (get_retries + 1) + 8.0 * get_retries + 5.0
 
@@ -155,12 +142,14 @@ class WandbTraining:
             api_key=settings.wandb_api_key.get_secret_value(),
             base_url=settings.wandb_base_url,
             timeout_s=settings.worker.remote_timeout_s,
+            post_timeout_s=settings.worker.training_post_timeout_s,
             get_retries=settings.worker.remote_get_retries,
             outbound=Outbound.for_url(settings.wandb_base_url, settings.outbound),
         )
 
     async def close(self) -> None:
         await self._backend.close()
+        await self._post_backend.close()
 
     async def _call(self, awaitable: Awaitable[T], deadline_s: float) -> T:
         try:
@@ -191,12 +180,12 @@ class WandbTraining:
         )
         return max((int(c.step) for c in page.data), default=0)
 
-    async def checkpoints_after(self, model_id: str, step: int) -> list[RemoteCheckpoint]:
-        """Checkpoints with a step above `step`, oldest first (reads newest-first pages until past it)."""
+    async def checkpoints_above(self, model_id: str, step: int) -> list[RemoteCheckpoint]:
+        """Checkpoints with a step above `step`, newest first (reads newest-first pages until past it)."""
         found: list[RemoteCheckpoint] = []
 
         async def collect() -> None:
-            paginator = self._client.models.checkpoints.list(model_id=model_id, limit=50, order="desc")
+            paginator = self._client.models.checkpoints.list(model_id=model_id, limit=20, order="desc")
             async for ckpt in paginator:
                 if int(ckpt.step) <= step:
                     break
@@ -205,10 +194,11 @@ class WandbTraining:
                 )
 
         await self._call(collect(), self._get_deadline_s * 2)
-        return sorted(found, key=lambda c: c.step)
+        return sorted(found, key=lambda c: c.step, reverse=True)
 
-    async def submit(self, model_id: str, groups: Sequence[Any], hp: Hyperparameters) -> str:
-        """One `POST /preview/training-jobs`, built exactly as ServerlessBackend does; never retried."""
+    async def submit(self, model_id: str, groups: Sequence[GroupPayload], hp: Hyperparameters) -> str:
+        """One `POST /preview/training-jobs`, built exactly as ServerlessBackend._train_model does
+        (art/serverless/backend.py); never retried (ART's client sets max_retries=0 for POSTs)."""
         from art._backend_training import build_rl_train_configs
         from art.serverless.client import ExperimentalTrainingConfig
 
@@ -229,22 +219,22 @@ class WandbTraining:
             scale_rewards=dev.get("scale_rewards"),
         )
         job = await self._call(
-            self._client.training_jobs.create(
-                model_id=model_id, trajectory_groups=list(groups), experimental_config=experimental
+            self._post_backend._client.training_jobs.create(
+                model_id=model_id,
+                trajectory_groups=trajectory_groups(groups),
+                experimental_config=experimental,
             ),
-            self._timeout_s + 5.0,
+            self._post_deadline_s,
         )
         return str(job.id)
 
-    async def events(
-        self, remote_job_id: str, after: str | None, limit: int = 100
-    ) -> tuple[list[RemoteEvent], bool]:
-        """One page of a training job's events after `after`, and whether more follow."""
+    async def events(self, remote_job_id: str, after: str | None) -> tuple[list[RemoteEvent], bool]:
+        """One page (W&B's maximum, 100) of a training job's events after `after`."""
         from openai._types import NOT_GIVEN
 
         page = await self._call(
             self._client.training_jobs.events.list(
-                training_job_id=remote_job_id, after=after if after else NOT_GIVEN, limit=limit
+                training_job_id=remote_job_id, after=after if after else NOT_GIVEN, limit=100
             ),
             self._get_deadline_s,
         )

@@ -1,10 +1,11 @@
-"""The job worker: claims jobs, runs them with lease heartbeats, delivers webhooks, finishes
-game hand-offs and (optionally) picks up the game's pending training batches.
+"""The worker: the one background mechanism. It claims jobs and work items (dataset builds)
+with leases, runs them, renews their leases and its own row in the worker registry, watches
+for cancels, delivers webhooks, finishes game hand-offs and records late checkpoints.
 
 Runs inside the API process (`RUN_WORKER=true`) or as `training-control worker`; any number of
 workers may share one Postgres. `stop()` is graceful: no new claims, a training POST in flight
-is allowed to finish and be recorded (up to `WORKER__SHUTDOWN_GRACE_S`), every job is handed
-back resumable.
+is allowed to finish and be recorded (up to `WORKER__SHUTDOWN_GRACE_S`), every job and work
+item is handed back resumable, and the worker's registry row is marked stopped.
 """
 
 from __future__ import annotations
@@ -15,19 +16,32 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.datasets.tasks import run_build_item
 from app.jobs import handoff, webhooks
+from app.jobs.models import FineTuningJob
+from app.queue import workers as registry
+from app.queue.items import finish
+from app.queue.leases import claim_next_item, item_held, release, renew_leases
+from app.queue.models import WandbKeyStatus, WorkItem, WorkKind, WorkStatus
+from app.training.checkpoints import sweep_late_checkpoints
+from app.training.control import Clock, Stop
+from app.training.keycheck import WandbKeyChecker
+from app.training.remote import TrainingAPI
 from app.training.runner import JobRunner, RunnerContext
-from app.training.wandb_api import WandbTraining
-from app.worker.claims import claim_next_job, renew_lease
+from app.worker.claims import claim_next_job, job_held
+from app.worker.metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
+TrainerFactory = Callable[[Settings], Awaitable[TrainingAPI]]
+GAUGE_REFRESH_S = 5.0
 
 
 def default_worker_id() -> str:
@@ -39,32 +53,57 @@ def _log_orphan_failure(task: asyncio.Task[Any]) -> None:
         logger.info("worker.critical_task_ended task=%s outcome=%s", task.get_name(), type(exc).__name__)
 
 
+async def wandb_trainer(settings: Settings) -> TrainingAPI:
+    """W&B through openpipe-art (`import art` takes seconds: off the event loop)."""
+    from app.training.art_env import import_art
+    from app.training.wandb_api import WandbTraining
+
+    await asyncio.to_thread(import_art)
+    return WandbTraining.from_settings(settings)
+
+
 class Worker:
     def __init__(
         self,
         settings: Settings,
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
+        metrics: WorkerMetrics,
         worker_id: str | None = None,
+        in_api: bool = False,
+        metrics_port: int | None = None,
+        refresh_gauges: bool = False,
+        trainer_factory: TrainerFactory = wandb_trainer,
+        key_checker: WandbKeyChecker | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
+        self.metrics = metrics
         self.worker_id = worker_id or default_worker_id()
+        self.in_api = in_api
+        self.metrics_port = metrics_port
+        self._refresh_gauges = refresh_gauges
+        self._trainer_factory = trainer_factory
+        self._clock = clock
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
         self._stopping = False
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._runners: dict[str, JobRunner] = {}
+        self._items: dict[str, asyncio.Task[None]] = {}
         self._critical: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
-        self._trainer: WandbTraining | None = None
+        self._trainer: TrainingAPI | None = None
         self._trainer_lock = asyncio.Lock()
         self._http: httpx.AsyncClient | None = None
+        self._keys = key_checker
+        self._own_keys = key_checker is None
 
     # -- control ---------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Look for work now (a job was created or cancelled in this process)."""
+        """Look for work (and cancels) now: something was created or cancelled in this process."""
         self._wake.set()
 
     @property
@@ -73,13 +112,24 @@ class Worker:
 
     async def start(self) -> None:
         self._http = httpx.AsyncClient(follow_redirects=False)
+        if self._keys is None:
+            self._keys = WandbKeyChecker(self.settings, self._http)
+        try:
+            await self._beat()
+        except Exception as exc:  # the database may be down: the heartbeat loop retries
+            logger.warning("worker.register_failed worker=%s error=%s", self.worker_id, type(exc).__name__)
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="worker-claims"),
+            asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeats"),
             asyncio.create_task(self._webhook_loop(), name="worker-webhooks"),
             asyncio.create_task(self._handoff_loop(), name="worker-handoffs"),
+            asyncio.create_task(self._maintenance_loop(), name="worker-maintenance"),
         ]
         logger.info(
-            "worker.started worker=%s max_jobs=%s", self.worker_id, self.settings.worker.max_concurrent_jobs
+            "worker.started worker=%s max_jobs=%s wandb_key=%s",
+            self.worker_id,
+            self.settings.worker.max_concurrent_jobs,
+            "set" if self.settings.wandb_configured else "missing",
         )
 
     async def stop(self) -> None:
@@ -89,12 +139,14 @@ class Worker:
         self._stopped.set()
         self._wake.set()
         for runner in self._runners.values():
-            runner.halt()
-        # the loops first (no claim after they end), then every job they started
+            runner.stop(Stop.HALT)
+        # the loops first (no claim after they end), then every job and item they started
         await self._await_or_cancel(self._loops)
         for runner in self._runners.values():
-            runner.halt()
-        await self._await_or_cancel(list(self._jobs.values()))
+            runner.stop(Stop.HALT)
+        for task in self._items.values():
+            task.cancel()
+        await self._await_or_cancel([*self._jobs.values(), *self._items.values()])
         if self._critical:
             _done, pending = await asyncio.wait(
                 set(self._critical), timeout=self.settings.worker.shutdown_grace_s
@@ -104,8 +156,16 @@ class Worker:
                     "worker.abandoned_critical_task worker=%s task=%s", self.worker_id, task.get_name()
                 )
                 task.cancel()
+        try:
+            async with self.sessionmaker() as session:
+                await registry.mark_stopped(session, self.worker_id)
+                await session.commit()
+        except Exception as exc:
+            logger.warning("worker.deregister_failed worker=%s error=%s", self.worker_id, type(exc).__name__)
         if self._trainer is not None:
             await self._trainer.close()
+        if self._keys is not None and self._own_keys:
+            await self._keys.close()
         if self._http is not None:
             await self._http.aclose()
         logger.info("worker.stopped worker=%s", self.worker_id)
@@ -119,26 +179,20 @@ class Worker:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
 
-    # -- claiming and running -----------------------------------------------------------------
+    async def _idle(self, seconds: float) -> None:
+        """Sleep, but return at once when the worker stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), timeout=seconds)
+
+    # -- claiming ------------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
         backoff = self.settings.worker.poll_interval_s
         while not self._stopping:
             try:
-                while not self._stopping and len(self._jobs) < self.settings.worker.max_concurrent_jobs:
-                    async with self.sessionmaker() as session:
-                        claim = await claim_next_job(session, self.worker_id, self.settings.worker.lease_s)
-                    if claim is None:
-                        break
-                    logger.info(
-                        "job.claimed job_id=%s worker=%s attempt=%s",
-                        claim.job_id,
-                        self.worker_id,
-                        claim.attempts,
-                    )
-                    self._jobs[claim.job_id] = asyncio.create_task(
-                        self._run_job(claim.job_id), name=f"job-{claim.job_id}"
-                    )
+                await self._watch_cancels()
+                await self._claim_jobs()
+                await self._claim_items()
                 backoff = self.settings.worker.poll_interval_s
             except asyncio.CancelledError:
                 raise
@@ -146,40 +200,105 @@ class Worker:
                 logger.exception("worker.claim_failed worker=%s", self.worker_id)
                 backoff = min(backoff * 2, 30.0)
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff)
-            except TimeoutError:
-                pass
 
-    async def _run_job(self, job_id: str) -> None:
-        runner = JobRunner(self._context(), job_id)
-        self._runners[job_id] = runner
-        if self._stopping:
-            runner.halt()
-        heartbeat = asyncio.create_task(self._heartbeat(job_id, runner), name=f"heartbeat-{job_id}")
+    async def _watch_cancels(self) -> None:
+        """One indexed read per poll: the running jobs whose cancel was accepted."""
+        if not self._runners:
+            return
+        async with self.sessionmaker() as session:
+            cancelled = (
+                await session.scalars(
+                    sa.select(FineTuningJob.id).where(
+                        FineTuningJob.id.in_(list(self._runners)),
+                        FineTuningJob.cancel_requested_at.is_not(None),
+                    )
+                )
+            ).all()
+        for job_id in cancelled:
+            runner = self._runners.get(job_id)
+            if runner is not None:
+                runner.stop(Stop.CANCEL)
+
+    async def _claim_jobs(self) -> None:
+        while not self._stopping and len(self._jobs) < self.settings.worker.max_concurrent_jobs:
+            async with self.sessionmaker() as session:
+                claim = await claim_next_job(session, self.worker_id, self.settings.worker.lease_s)
+            if claim is None:
+                return
+            self.metrics.claims.labels("job").inc()
+            if claim.took_over:
+                self.metrics.lease_expiries.labels("job").inc()
+            logger.info(
+                "job.claimed job_id=%s worker=%s attempt=%s", claim.id, self.worker_id, claim.attempts
+            )
+            runner = JobRunner(self._runner_context(), claim.id)
+            self._runners[claim.id] = runner
+            self._jobs[claim.id] = asyncio.create_task(
+                self._run_job(claim.id, runner), name=f"job-{claim.id}"
+            )
+
+    async def _claim_items(self) -> None:
+        while not self._stopping and len(self._items) < self.settings.worker.max_concurrent_items:
+            async with self.sessionmaker() as session:
+                claimed = await claim_next_item(session, self.worker_id, self.settings.worker.lease_s)
+            if claimed is None:
+                return
+            claim, kind, subject = claimed
+            self.metrics.claims.labels("work_item").inc()
+            if claim.took_over:
+                self.metrics.lease_expiries.labels("work_item").inc()
+            logger.info(
+                "work.claimed item=%s kind=%s subject=%s attempt=%s", claim.id, kind, subject, claim.attempts
+            )
+            self._items[claim.id] = asyncio.create_task(
+                self._run_item(claim.id, kind, subject, claim.attempts), name=f"item-{claim.id}"
+            )
+
+    # -- running -------------------------------------------------------------------------------
+
+    async def _run_job(self, job_id: str, runner: JobRunner) -> None:
         try:
+            if self._stopping:
+                runner.stop(Stop.HALT)
             await runner.run()
         finally:
-            heartbeat.cancel()
             self._jobs.pop(job_id, None)
             self._runners.pop(job_id, None)
             self._wake.set()
 
-    async def _heartbeat(self, job_id: str, runner: JobRunner) -> None:
-        while True:
-            await asyncio.sleep(self.settings.worker.heartbeat_s)
-            try:
-                async with self.sessionmaker() as session:
-                    held = await renew_lease(session, job_id, self.worker_id, self.settings.worker.lease_s)
-            except Exception as exc:  # retried at the next beat; the lease may lapse
-                logger.warning("job.heartbeat_failed job_id=%s error=%s", job_id, exc)
-                continue
-            if not held:
-                logger.warning("job.lease_lost job_id=%s worker=%s", job_id, self.worker_id)
-                runner.halt(lease_lost=True)
-                return
+    async def _run_item(self, item_id: str, kind: str, subject: str, attempt: int) -> None:
+        outcome = WorkStatus.DONE
+        try:
+            if kind == WorkKind.DATASET_BUILD:
+                await run_build_item(
+                    self.sessionmaker, self.settings, subject, attempt, self.metrics.datasets
+                )
+            else:
+                logger.error("work.unknown_kind item=%s kind=%s", item_id, kind)
+                outcome = WorkStatus.FAILED
+        except asyncio.CancelledError:
+            # shutdown (or a lost lease): hand the item back; the next claimer starts it over
+            if not self._stopping:
+                raise
+            await asyncio.shield(self._release_item(item_id))
+            self.metrics.work_items.labels(kind, "released").inc()
+            raise
+        except Exception:
+            logger.exception("work.failed item=%s kind=%s subject=%s", item_id, kind, subject)
+            outcome = WorkStatus.FAILED
+        finally:
+            self._items.pop(item_id, None)
+            self._wake.set()
+        await finish(self.sessionmaker, item_id, self.worker_id, outcome)
+        self.metrics.work_items.labels(kind, outcome.value).inc()
 
-    def _context(self) -> RunnerContext:
+    async def _release_item(self, item_id: str) -> None:
+        async with self.sessionmaker() as session:
+            await release(session, WorkItem, item_id, self.worker_id)
+
+    def _runner_context(self) -> RunnerContext:
         return RunnerContext(
             settings=self.settings,
             sessionmaker=self.sessionmaker,
@@ -187,16 +306,14 @@ class Worker:
             trainer=self._get_trainer,
             shield=self._shield,
             after_finish=self._after_finish,
+            metrics=self.metrics.training,
+            clock=self._clock,
         )
 
-    async def _get_trainer(self) -> WandbTraining:
+    async def _get_trainer(self) -> TrainingAPI:
         async with self._trainer_lock:
             if self._trainer is None:
-                # `import art` takes seconds: keep the event loop (and the API) responsive
-                from app.training.art_env import import_art
-
-                await asyncio.to_thread(import_art)
-                self._trainer = WandbTraining.from_settings(self.settings)
+                self._trainer = await self._trainer_factory(self.settings)
             return self._trainer
 
     async def _shield(self, awaitable: Awaitable[Any]) -> Any:
@@ -213,20 +330,101 @@ class Worker:
         await handoff.deliver(self.settings, self.sessionmaker, job_id)  # the game hand-off
         await self._deliver_webhooks()
 
+    # -- heartbeats: leases and the worker registry ----------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while not self._stopping:
+            await self._idle(self.settings.worker.heartbeat_s)
+            if self._stopping:
+                return
+            try:
+                await self._renew()
+                await self._beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # retried at the next beat; leases may lapse meanwhile
+                logger.warning("worker.heartbeat_failed worker=%s error=%s", self.worker_id, exc)
+                self.metrics.lease_renewals.labels("job", "error").inc(len(self._jobs))
+
+    async def _renew(self) -> None:
+        lease_s = self.settings.worker.lease_s
+        job_ids, item_ids = list(self._jobs), list(self._items)
+        async with self.sessionmaker() as session:
+            held_jobs = await renew_leases(
+                session, FineTuningJob, job_ids, self.worker_id, lease_s, held=job_held()
+            )
+        async with self.sessionmaker() as session:
+            held_items = await renew_leases(
+                session, WorkItem, item_ids, self.worker_id, lease_s, held=item_held()
+            )
+        for kind, ids, held in (("job", job_ids, held_jobs), ("work_item", item_ids, held_items)):
+            if held:
+                self.metrics.lease_renewals.labels(kind, "renewed").inc(len(held))
+            for lost in set(ids) - held:
+                self.metrics.lease_renewals.labels(kind, "lost").inc()
+                logger.warning("worker.lease_lost kind=%s id=%s worker=%s", kind, lost, self.worker_id)
+                if (runner := self._runners.get(lost)) is not None:
+                    runner.stop(Stop.LEASE_LOST)
+                if (task := self._items.get(lost)) is not None:
+                    task.cancel()
+
+    async def _beat(self) -> None:
+        """Refresh this worker's registry row (and, when stale, W&B's answer about the key)."""
+        key = await self._keys.current(wait_s=0.0) if self._keys is not None else None
+        info = registry.WorkerInfo(
+            id=self.worker_id,
+            in_api=self.in_api,
+            has_wandb_key=self.settings.wandb_configured,
+            wandb_key_status=key.status if key is not None else WandbKeyStatus.UNCHECKED,
+            jobs_running=len(self._jobs),
+            items_running=len(self._items),
+            max_jobs=self.settings.worker.max_concurrent_jobs,
+            metrics_port=self.metrics_port,
+        )
+        async with self.sessionmaker() as session:
+            await registry.beat(session, info)
+            await session.commit()
+
+    # -- late checkpoints and the gauges ----------------------------------------------------------
+
+    async def _maintenance_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + min(5.0, self.settings.worker.late_checkpoint_interval_s)
+        while not self._stopping:
+            try:
+                if self._refresh_gauges:
+                    async with self.sessionmaker() as session:
+                        await self.metrics.refresh(session, self.settings)
+                if self.settings.wandb_configured and loop.time() >= next_sweep:
+                    next_sweep = loop.time() + self.settings.worker.late_checkpoint_interval_s
+                    found = await sweep_late_checkpoints(
+                        self.sessionmaker,
+                        self.settings,
+                        await self._get_trainer(),
+                        (self._clock or Clock()).now(),
+                    )
+                    if found:
+                        logger.info("worker.late_checkpoints_recorded count=%s", found)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("worker.maintenance_failed worker=%s", self.worker_id)
+            await self._idle(min(GAUGE_REFRESH_S, self.settings.worker.late_checkpoint_interval_s))
+
     # -- webhooks, hand-offs, watch mode ----------------------------------------------------------
 
     async def _deliver_webhooks(self) -> None:
         if self._http is None or self.settings.training.webhook_secret is None:
             return
         try:
-            await webhooks.deliver_due(self.sessionmaker, self.settings, self._http)
+            await webhooks.deliver_due(
+                self.sessionmaker,
+                self.settings,
+                self._http,
+                observe=lambda outcome: self.metrics.webhooks.labels(outcome).inc(),
+            )
         except Exception:
             logger.exception("webhook.dispatch_failed worker=%s", self.worker_id)
-
-    async def _idle(self, seconds: float) -> None:
-        """Sleep, but return at once when the worker stops."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopped.wait(), timeout=seconds)
 
     async def _webhook_loop(self) -> None:
         while not self._stopping:

@@ -31,7 +31,7 @@ from app.config import load_settings
 from app.datasets.schemas import DatasetCreate
 from app.datasets.service import build_dataset, create_dataset
 from app.db import create_engine, create_sessionmaker
-from app.main import install_game_adapters
+from app.main import install_extensions
 
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -66,7 +66,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         engine = create_engine(settings)
         sessionmaker = create_sessionmaker(engine)
-        install_game_adapters()  # the game's source, as the service's composition root does
+        install_extensions()  # the game's source, as the service's composition root does
         params = DatasetCreate(
             source="babylon",
             include_used=args.include_used,

@@ -1,10 +1,16 @@
-"""`/v1/files` through the official openai SDK: fine-tune JSONL of ART trajectory groups."""
+"""`/v1/files` through the official openai SDK: fine-tune JSONL of ART trajectory groups.
+
+An upload answers at once (`uploaded`, its dataset queued); the worker validates the lines and
+builds the dataset, after which the file is `processed` or `error` (naming the first bad line)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import sqlalchemy as sa
@@ -13,8 +19,11 @@ from fastapi import FastAPI
 from app.datasets.models import Dataset, DatasetGroup
 from app.datasets.service import list_group_rows
 from app.errors import NotFound
+from app.files.models import FileChunk
 from app.files.service import resolve_training_file
 from app.state import app_state
+from app.worker.loop import Worker
+from tests.fixtures.service import running_worker
 
 CHOICE = {
     "index": 0,
@@ -43,26 +52,63 @@ def jsonl(*lines: Any) -> bytes:
     )
 
 
+@pytest.fixture
+async def worker(app: FastAPI) -> AsyncIterator[Worker]:
+    async with running_worker(app) as started:
+        yield started
+
+
+async def processed(client: openai.AsyncOpenAI, file_id: str) -> Any:
+    """The file once its dataset's build (by the worker) has ended."""
+    file = await client.files.retrieve(file_id)
+    dataset_id = (file.model_extra or {})["dataset_id"]
+    for _ in range(1500):
+        dataset = await client.get(f"/datasets/{dataset_id}", cast_to=httpx.Response)
+        if dataset.json()["status"] not in ("queued", "building"):
+            return file
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"the build of {dataset_id} did not end")
+
+
 GOOD = jsonl(
     {"trajectories": [trajectory(1.0), trajectory(0.0, trainable=False)], "metadata": {"scenario_id": "s1"}},
     {"trajectories": [trajectory(0.5), trajectory(0.7)]},
 )
 
 
-async def test_upload_list_retrieve_content_and_delete_with_the_openai_sdk(
+async def test_an_upload_answers_at_once_with_its_dataset_queued_and_no_worker_needed_to_answer(
     openai_client: openai.AsyncOpenAI, app: FastAPI
+) -> None:
+    created = await openai_client.files.create(file=("groups.jsonl", GOOD), purpose="fine-tune")
+    assert created.status == "processed"  # every line was validated as it arrived
+    assert created.bytes == len(GOOD)
+    dataset_id = (created.model_extra or {})["dataset_id"]
+    async with app_state(app).sessionmaker() as session:
+        dataset = await session.get(Dataset, dataset_id)
+        assert dataset is not None
+        assert (dataset.source, dataset.status) == ("file", "queued")
+    async with running_worker(app):
+        done = await processed(openai_client, created.id)
+    assert done.status == "processed"
+
+
+async def test_upload_list_retrieve_content_and_delete_with_the_openai_sdk(
+    openai_client: openai.AsyncOpenAI, app: FastAPI, worker: Worker
 ) -> None:
     created = await openai_client.files.create(
         file=("groups.jsonl", GOOD, "application/jsonl"), purpose="fine-tune"
     )
     assert created.id.startswith("file-")
-    assert (created.object, created.purpose, created.status) == ("file", "fine-tune", "processed")
+    assert (created.object, created.purpose) == ("file", "fine-tune")
+    created = await processed(openai_client, created.id)
+    assert created.status == "processed"
     assert created.bytes == len(GOOD)
     assert created.filename == "groups.jsonl"
     assert (await openai_client.files.retrieve(created.id)).id == created.id
     assert [f.id async for f in openai_client.files.list()] == [created.id]
-    content = await openai_client.files.content(created.id)
-    lines = [json.loads(x) for x in content.read().splitlines()]
+    content = (await openai_client.files.content(created.id)).read()
+    assert content == GOOD  # the bytes as they were uploaded
+    lines = [json.loads(x) for x in content.splitlines()]
     assert [[t["reward"] for t in g["trajectories"]] for g in lines] == [[1.0, 0.0], [0.5, 0.7]]
 
     async with app_state(app).sessionmaker() as session:
@@ -156,17 +202,20 @@ async def test_a_malformed_file_is_refused_naming_the_first_bad_line(
     assert isinstance(error, dict)
     assert says in error["message"]
     assert (error["param"], error["code"]) == ("file", code)
-    # nothing of the file is stored
+    # nothing of the file is stored: no file, no dataset, no raw bytes
     assert [f async for f in openai_client.files.list()] == []
     async with app_state(app).sessionmaker() as session:
         assert await session.scalar(sa.select(sa.func.count()).select_from(Dataset)) == 0
+        assert await session.scalar(sa.select(sa.func.count()).select_from(FileChunk)) == 0
 
 
-async def test_blank_lines_and_a_byte_order_mark_are_accepted(openai_client: openai.AsyncOpenAI) -> None:
+async def test_blank_lines_and_a_byte_order_mark_are_accepted(
+    openai_client: openai.AsyncOpenAI, worker: Worker
+) -> None:
     created = await openai_client.files.create(
         file=("g.jsonl", b"\xef\xbb\xbf" + GOOD + b"\n\n"), purpose="fine-tune"
     )
-    assert created.status == "processed"
+    assert (await processed(openai_client, created.id)).status == "processed"
 
 
 async def test_a_purpose_other_than_fine_tune_is_a_400(openai_client: openai.AsyncOpenAI) -> None:

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.gateway import flush_writers, seed_model
+from tests.fixtures.service import running_worker
 
 BOARD = [
     {"role": "system", "content": "You play scenario s1."},
@@ -50,7 +51,8 @@ async def test_completions_with_a_trajectory_id_become_trainable_turns_in_a_data
     batch = [pushed(tid, agent, reward) for tid, (agent, reward) in agents.items()]
     accepted = await http.post("/v1/trajectories", json={"trajectories": batch})
     assert accepted.json()["accepted"] == 3, accepted.text
-    built = await http.post("/v1/datasets", params={"wait_s": 120}, json={"source": "pushed"})
+    async with running_worker(gw_app):  # builds the dataset
+        built = await http.post("/v1/datasets", params={"wait_s": 120}, json={"source": "pushed"})
     assert built.status_code == 200, built.text
     dataset = built.json()
     assert dataset["status"] == "ready", dataset

@@ -26,8 +26,11 @@ class TestHealth:
         response = await anon_client.get("/health")
         assert response.status_code == 200
         body = response.json()
-        assert set(body) == {"status", "database", "wandb", "timestamp"}
+        # the Babylon fields, unchanged, plus the worker registry and W&B's view of the key
+        assert set(body) == {"status", "database", "wandb", "timestamp", "wandb_key", "workers"}
         assert (body["status"], body["database"], body["wandb"]) == ("healthy", "connected", "not_configured")
+        assert body["wandb_key"] == "not_configured"
+        assert body["workers"] == {"live": 0, "can_train": 0, "jobs_running": 0}
         stamp = dt.datetime.fromisoformat(body["timestamp"])
         assert stamp.tzinfo is not None
 
@@ -45,7 +48,11 @@ class TestHealth:
     async def test_ready_when_database_is_at_head(self, anon_client: httpx.AsyncClient) -> None:
         response = await anon_client.get("/readyz")
         assert response.status_code == 200
-        assert response.json() == {"status": "ready", "checks": {"database": "ok", "migrations": "ok"}}
+        body = response.json()
+        assert (body["status"], body["checks"]) == ("ready", {"database": "ok", "migrations": "ok"})
+        # reported, not gating readiness
+        assert body["workers"] == {"live": 0, "can_train": 0, "jobs_running": 0, "workers": []}
+        assert body["wandb_key"]["status"] == "not_configured"
 
 
 @pytest.fixture
@@ -63,7 +70,8 @@ class TestDatabaseDown:
         assert response.status_code == 503
         body = response.json()
         assert (body["status"], body["database"]) == ("unhealthy", "disconnected")
-        assert set(body) == {"status", "database", "wandb", "timestamp"}
+        assert set(body) == {"status", "database", "wandb", "timestamp", "wandb_key", "workers"}
+        assert body["workers"] is None  # unknown without the database
         assert live.status_code == 200  # liveness touches no dependency
 
     async def test_readyz_is_503(self, unreachable_app: FastAPI) -> None:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
 from app import migrations
 from app.db import create_engine, create_sessionmaker
@@ -24,6 +25,7 @@ from app.health.schema import SchemaNotAtHead, WhileSchemaAtHead, read_schema_st
 from app.main import create_app
 from app.state import app_state
 from app.worker.loop import Worker
+from app.worker.metrics import WorkerMetrics
 from tests.conftest import asgi_client, make_settings
 from tests.fixtures.support import free_port
 
@@ -149,7 +151,7 @@ async def test_the_worker_pauses_with_one_line_while_the_schema_is_behind(
     started: list[Worker] = []
 
     def make_worker() -> Worker:
-        worker = Worker(settings, sessionmaker)
+        worker = Worker(settings, sessionmaker, metrics=WorkerMetrics(CollectorRegistry()))
         started.append(worker)
         return worker
 

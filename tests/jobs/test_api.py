@@ -89,86 +89,85 @@ async def test_reinforcement_method_hyperparameters_are_applied_and_defaults_fil
         assert (job.model_extra or {})["steps"]["total"] == 6  # 3 groups × 2 epochs
 
 
-@pytest.mark.parametrize(
-    ("hyperparameters", "param"),
-    [
-        ({"learning_rate": -1}, "hyperparameters.learning_rate"),
-        ({"learning_rate": 0.5}, "hyperparameters.learning_rate"),
-        ({"groups_per_step": 0}, "hyperparameters.groups_per_step"),
-        ({"batch_size": 2.5}, "hyperparameters.batch_size"),
-        ({"n_epochs": True}, "hyperparameters.n_epochs"),
-        ({"epsilon": 0.3, "epsilon_high": 0.2}, "hyperparameters"),
-        ({"advantage_balance": 2}, "hyperparameters.advantage_balance"),
-        ({"importance_sampling_level": "per_token"}, "hyperparameters.importance_sampling_level"),
-        ({"ppo": "yes"}, "hyperparameters.ppo"),
-        ({"kl_penalty_coef": 0.1}, "hyperparameters.kl_penalty_coef"),
-    ],
-)
-async def test_invalid_hyperparameters_are_400_naming_the_field(
-    start_service: StartService, hyperparameters: dict[str, Any], param: str
-) -> None:
+INVALID_HYPERPARAMETERS: list[tuple[dict[str, Any], str]] = [
+    ({"learning_rate": -1}, "hyperparameters.learning_rate"),
+    ({"learning_rate": 0.5}, "hyperparameters.learning_rate"),
+    ({"groups_per_step": 0}, "hyperparameters.groups_per_step"),
+    ({"batch_size": 2.5}, "hyperparameters.batch_size"),
+    ({"n_epochs": True}, "hyperparameters.n_epochs"),
+    ({"epsilon": 0.3, "epsilon_high": 0.2}, "hyperparameters"),
+    ({"advantage_balance": 2}, "hyperparameters.advantage_balance"),
+    ({"importance_sampling_level": "per_token"}, "hyperparameters.importance_sampling_level"),
+    ({"ppo": "yes"}, "hyperparameters.ppo"),
+    ({"kl_penalty_coef": 0.1}, "hyperparameters.kl_penalty_coef"),
+]
+
+
+async def test_invalid_hyperparameters_are_400_naming_the_field(start_service: StartService) -> None:
     async with start_service(run_worker=False) as svc:
         ds = await make_dataset(svc.sessionmaker)
-        with pytest.raises(openai.BadRequestError) as err:
-            await svc.sdk.fine_tuning.jobs.create(
-                model=BASE,
-                training_file=ds.id,
-                hyperparameters=hyperparameters,  # type: ignore[arg-type]
-            )
-        body: Any = err.value.body
-        assert body["param"] == param
-        assert body["code"] == "invalid_hyperparameters"
-        assert param.split(".")[-1] in body["message"]
+        for hyperparameters, param in INVALID_HYPERPARAMETERS:
+            with pytest.raises(openai.BadRequestError) as err:
+                await svc.sdk.fine_tuning.jobs.create(
+                    model=BASE,
+                    training_file=ds.id,
+                    hyperparameters=hyperparameters,  # type: ignore[arg-type]
+                )
+            body: Any = err.value.body
+            assert (body["param"], body["code"]) == (param, "invalid_hyperparameters"), hyperparameters
+            assert param.split(".")[-1] in body["message"]
         async with svc.sessionmaker() as session:
             assert await session.scalar(sa.select(sa.func.count()).select_from(FineTuningJob)) == 0
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "param", "code"),
-    [
-        ({"model": "Qwen/Qwen2.5-0.5B-Instruct"}, "model", "model_not_available"),
-        ({"method": {"type": "supervised"}}, "method.type", "unsupported_method"),
-        (
-            {
-                "hyperparameters": {"n_epochs": 1},
-                "method": {"type": "reinforcement", "reinforcement": {"hyperparameters": {"n_epochs": 2}}},
-            },
-            "hyperparameters",
-            "invalid_hyperparameters",
-        ),
-        ({"suffix": "has spaces"}, "suffix", "invalid_suffix"),
-        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "invalid_metadata"),
-        ({"metadata": {"n": 3}}, "metadata.n", "invalid_metadata"),
-        ({"validation_file": "file-abc"}, "validation_file", "unsupported_parameter"),
-        (
-            {"extra_body": {"webhook_url": "http://127.0.0.1:1/hook"}},
-            "webhook_url",
-            "webhooks_not_configured",
-        ),
-    ],
-)
-async def test_invalid_create_requests_are_400_with_param_and_code(
-    start_service: StartService, kwargs: dict[str, Any], param: str, code: str
-) -> None:
+INVALID_CREATES: list[tuple[dict[str, Any], str, str]] = [
+    ({"model": "Qwen/Qwen2.5-0.5B-Instruct"}, "model", "model_not_available"),
+    ({"method": {"type": "supervised"}}, "method.type", "unsupported_method"),
+    (
+        {
+            "hyperparameters": {"n_epochs": 1},
+            "method": {"type": "reinforcement", "reinforcement": {"hyperparameters": {"n_epochs": 2}}},
+        },
+        "hyperparameters",
+        "invalid_hyperparameters",
+    ),
+    ({"suffix": "has spaces"}, "suffix", "invalid_suffix"),
+    ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "invalid_metadata"),
+    ({"metadata": {"n": 3}}, "metadata.n", "invalid_metadata"),
+    ({"validation_file": "file-abc"}, "validation_file", "unsupported_parameter"),
+    (
+        {"extra_body": {"webhook_url": "http://127.0.0.1:1/hook"}},
+        "webhook_url",
+        "webhooks_not_configured",
+    ),
+]
+
+
+async def test_invalid_create_requests_are_400_with_param_and_code(start_service: StartService) -> None:
     async with start_service(run_worker=False) as svc:
         ds = await make_dataset(svc.sessionmaker)
-        args: dict[str, Any] = {"model": BASE, "training_file": ds.id, **kwargs}
-        with pytest.raises(openai.BadRequestError) as err:
-            await svc.sdk.fine_tuning.jobs.create(**args)
-        body: Any = err.value.body
-        assert (body["param"], body["code"]) == (param, code)
+        for kwargs, param, code in INVALID_CREATES:
+            args: dict[str, Any] = {"model": BASE, "training_file": ds.id, **kwargs}
+            with pytest.raises(openai.BadRequestError) as err:
+                await svc.sdk.fine_tuning.jobs.create(**args)
+            body: Any = err.value.body
+            assert (body["param"], body["code"]) == (param, code), kwargs
 
 
-async def test_training_data_must_exist_be_ready_and_trainable(start_service: StartService) -> None:
+async def test_training_data_must_exist_and_be_trainable_and_a_job_waits_for_one_being_built(
+    start_service: StartService,
+) -> None:
     async with start_service(run_worker=False) as svc:
         with pytest.raises(openai.NotFoundError) as missing:
             await svc.sdk.fine_tuning.jobs.create(model=BASE, training_file="ds-doesnotexist")
         assert (missing.value.body or {})["param"] == "training_file"  # type: ignore[index]
 
+        # a dataset still being built (a file uploaded a moment ago): the job waits for it
         building = await make_dataset(svc.sessionmaker, status="building")
-        with pytest.raises(openai.BadRequestError) as not_ready:
-            await svc.sdk.fine_tuning.jobs.create(model=BASE, training_file=building.id)
-        assert (not_ready.value.body or {})["code"] == "training_file_not_ready"  # type: ignore[index]
+        waiting = await svc.sdk.fine_tuning.jobs.create(model=BASE, training_file=building.id)
+        assert waiting.status == "validating_files"
+        events = [e.message async for e in svc.sdk.fine_tuning.jobs.list_events(waiting.id)]
+        assert any(f"dataset {building.id} is building" in m for m in events), events
 
         failed = await make_dataset(svc.sessionmaker, status="failed")
         with pytest.raises(openai.BadRequestError) as broken:

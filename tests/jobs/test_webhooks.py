@@ -1,4 +1,5 @@
-"""Job webhooks delivered to a real local HTTP receiver, signed the Standard Webhooks way."""
+"""Job webhooks delivered to a real local HTTP receiver, signed the Standard Webhooks way.
+(The jobs train on the in-memory W&B: these tests are about the deliveries.)"""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ import pytest
 import sqlalchemy as sa
 
 from app.jobs.models import WebhookDelivery
-from tests.fixtures.emulator import EmulatorHandle
+from app.state import app_state
 from tests.fixtures.factories import make_dataset
-from tests.fixtures.service import StartService, wait_for_job, wait_until
+from tests.fixtures.service import StartService, running_worker, wait_for_job, wait_until
+from tests.training.fakes import FakeTraining
 
 BASE = "OpenPipe/Qwen3-14B-Instruct"
 SECRET = "whsec_" + base64.b64encode(b"a-test-signing-key-of-32-bytes!!").decode()
@@ -76,10 +78,13 @@ def verify(headers: dict[str, str], body: bytes) -> Any:
 
 
 async def test_succeeded_job_notifies_global_and_job_urls_with_signed_retried_deliveries(
-    start_service: StartService, receiver: Receiver, emulator: EmulatorHandle
+    start_service: StartService, receiver: Receiver
 ) -> None:
     receiver.script["/global"] = [500, 503]  # two failures, then delivered
-    async with start_service(**webhook_settings(receiver)) as svc:
+    async with (
+        start_service(run_worker=False, **webhook_settings(receiver)) as svc,
+        running_worker(svc.app, trainer=FakeTraining()),
+    ):
         ds = await make_dataset(svc.sessionmaker, groups=1)
         job = await svc.sdk.fine_tuning.jobs.create(
             model=BASE, training_file=ds.id, extra_body={"webhook_url": f"{receiver.url}/job"}
@@ -117,21 +122,27 @@ async def test_succeeded_job_notifies_global_and_job_urls_with_signed_retried_de
         assert rows[f"{receiver.url}/global"].attempts == 3
         assert rows[f"{receiver.url}/global"].last_status_code == 200
         assert rows[f"{receiver.url}/job"].attempts == 1
+        registry = app_state(svc.app).metrics.registry
+        assert registry.get_sample_value("webhook_deliveries_total", {"outcome": "retry"}) == 2
+        assert registry.get_sample_value("webhook_deliveries_total", {"outcome": "delivered"}) == 2
 
 
 async def test_failed_and_cancelled_jobs_send_their_event_types(
-    start_service: StartService, receiver: Receiver, emulator: EmulatorHandle
+    start_service: StartService, receiver: Receiver
 ) -> None:
-    emulator.inject("training_jobs.create", "training_failed", error_message="boom")
-    async with start_service(**webhook_settings(receiver)) as svc:
-        ds = await make_dataset(svc.sessionmaker, groups=1)
-        failing = await svc.sdk.fine_tuning.jobs.create(model=BASE, training_file=ds.id)
-        assert (await wait_for_job(svc.sdk, failing.id)).status == "failed"
+    fake = FakeTraining()
+    fake.script("fail", error="boom")
     async with start_service(run_worker=False, **webhook_settings(receiver)) as svc:
+        ds = await make_dataset(svc.sessionmaker, groups=1)
+        async with running_worker(svc.app, trainer=fake):
+            failing = await svc.sdk.fine_tuning.jobs.create(model=BASE, training_file=ds.id)
+            assert (await wait_for_job(svc.sdk, failing.id)).status == "failed"
+            await wait_until(lambda: len(receiver.on("/global")) == 1, what="the first webhook")
         queued = await svc.sdk.fine_tuning.jobs.create(model=BASE, training_file=ds.id)
-        await svc.sdk.fine_tuning.jobs.cancel(queued.id)
-    async with start_service(**webhook_settings(receiver)):  # a worker delivers what the API queued
-        await wait_until(lambda: len(receiver.on("/global")) == 2, what="two webhooks")
+        await svc.sdk.fine_tuning.jobs.cancel(queued.id)  # no worker: the API queues its webhook
+        assert len(receiver.on("/global")) == 1
+        async with running_worker(svc.app, trainer=fake):  # a worker delivers what the API queued
+            await wait_until(lambda: len(receiver.on("/global")) == 2, what="two webhooks")
     events = [verify(h, b) for h, b, _s in receiver.on("/global")]
     assert [(e.type, e.data.id) for e in events] == [
         ("fine_tuning.job.failed", failing.id),
@@ -140,10 +151,13 @@ async def test_failed_and_cancelled_jobs_send_their_event_types(
 
 
 async def test_a_receiver_that_keeps_failing_is_given_up_after_the_last_attempt(
-    start_service: StartService, receiver: Receiver, emulator: EmulatorHandle
+    start_service: StartService, receiver: Receiver
 ) -> None:
     receiver.script["/global"] = [500] * 10
-    async with start_service(**webhook_settings(receiver, webhook_max_attempts=3)) as svc:
+    async with (
+        start_service(run_worker=False, **webhook_settings(receiver, webhook_max_attempts=3)) as svc,
+        running_worker(svc.app, trainer=FakeTraining()),
+    ):
         ds = await make_dataset(svc.sessionmaker, groups=1)
         job = await svc.sdk.fine_tuning.jobs.create(model=BASE, training_file=ds.id)
         await wait_for_job(svc.sdk, job.id)
@@ -160,3 +174,9 @@ async def test_a_receiver_that_keeps_failing_is_given_up_after_the_last_attempt(
         assert row is not None
         assert row.attempts == 3
         assert row.last_error == "HTTP 500"
+        assert (
+            app_state(svc.app).metrics.registry.get_sample_value(
+                "webhook_deliveries_total", {"outcome": "failed"}
+            )
+            == 1
+        )

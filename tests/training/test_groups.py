@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from openai.types.chat.chat_completion import Choice
 
-from app.datasets.models import DatasetGroup
 from app.training.groups import reward_metrics, trajectory_groups
+from app.training.remote import GroupPayload
 from tests.fixtures.factories import choice, trajectory
 
 
@@ -18,16 +18,7 @@ def test_stored_choices_are_rebuilt_as_choice_objects_and_plain_messages_stay_di
     ]
     broken = {"message": {"role": "assistant", "content": "no finish_reason"}}  # not a valid Choice
     stored["messages_and_choices"].append(broken)
-    row = DatasetGroup(
-        dataset_id="ds-x",
-        position=0,
-        scenario_id="w",
-        rewards=[0.5],
-        trajectories=[stored],
-        trainable_turns=2,
-    )
-
-    (group,) = trajectory_groups([row])
+    (group,) = trajectory_groups([GroupPayload(scenario_id="w", trajectories=[stored])])
     (traj,) = group.trajectories
     kinds = [type(m).__name__ for m in traj.messages_and_choices]
     assert kinds == ["dict", "dict", "Choice", "dict", "Choice", "dict"]

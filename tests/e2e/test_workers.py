@@ -1,8 +1,8 @@
-"""Worker processes: crashes (kill -9), graceful SIGTERM, lease takeover, and two workers on one DB."""
+"""`training-control worker` processes: a crash (kill -9) mid-step, a graceful SIGTERM, and two
+workers on one Postgres, each registered and serving its own /metrics."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -11,15 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from app.config import Settings
 from app.jobs.models import FineTuningJob, JobStep
-from app.worker.claims import claim_next_job
+from app.queue.models import WorkerRecord
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.factories import make_dataset
 from tests.fixtures.service import Service, StartService, wait_for_job, wait_until
+
+pytestmark = pytest.mark.e2e
 
 BASE = "OpenPipe/Qwen3-14B-Instruct"
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,6 +49,8 @@ class WorkerProcess:
                 "WORKER__POLL_INTERVAL_S": "0.1",
                 "WORKER__EVENT_POLL_INTERVAL_S": "0.05",
                 "WORKER__REMOTE_TIMEOUT_S": "5",
+                "WORKER__METRICS_PORT": "0",
+                "WORKER__METRICS_HOST": "127.0.0.1",
                 **env,
             }
         )
@@ -176,80 +181,6 @@ async def test_sigterm_hands_the_job_back_resumable_and_another_worker_finishes_
         assert emulator.training_posts("graceful") == 2
 
 
-async def test_a_step_left_submitting_by_a_crash_is_resolved_from_checkpoints_not_reposted(
-    start_service: StartService, emulator: EmulatorHandle
-) -> None:
-    async with start_service(run_worker=False) as svc:
-        job_id = await create_job(svc, "half-sent", groups=2)
-        async with svc.sessionmaker() as session:
-            job = await session.get(FineTuningJob, job_id)
-            assert job is not None
-            # a worker died right after storing `submitting` and sending the POST, which W&B ran
-            job.status = "running"
-            session.add(
-                JobStep(
-                    job_id=job_id,
-                    number=1,
-                    status="submitting",
-                    epoch=1,
-                    group_positions=[0],
-                    base_step=0,
-                    gradient_steps=0,
-                    metric_sums={},
-                )
-            )
-            await session.commit()
-    emulator.add_checkpoint("half-sent", step=1, metrics={"reward": 0.5})
-    async with start_service() as svc:
-        done = await wait_for_job(svc.sdk, job_id)
-        assert done.status == "succeeded", done.error
-        assert emulator.requests("training_jobs.create") == 1  # only step 2 was sent
-        assert done.fine_tuned_model is not None
-        assert done.fine_tuned_model.endswith(":step2")
-        ckpts = (await svc.sdk.fine_tuning.jobs.checkpoints.list(job_id)).data
-        assert [c.step_number for c in ckpts] == [2, 1]
-
-
-async def test_concurrent_claims_never_hand_one_job_to_two_workers(start_service: StartService) -> None:
-    async with start_service(run_worker=False) as svc:
-        ids = {await create_job(svc, f"line-{i}", groups=1) for i in range(8)}
-
-        async def claim(worker: str) -> str | None:
-            async with svc.sessionmaker() as session:
-                result = await claim_next_job(session, worker, 60)
-            return result.job_id if result else None
-
-        claims = await asyncio.gather(*(claim(f"w{i}") for i in range(16)))
-        won = [c for c in claims if c is not None]
-        assert sorted(won) == sorted(ids)  # every job exactly once, 8 claimers got nothing
-        async with svc.sessionmaker() as session:
-            owners = (await session.scalars(sa.select(FineTuningJob.worker_id))).all()
-        assert len(set(owners)) == 8
-
-
-async def test_jobs_on_one_model_line_are_never_claimed_at_the_same_time(start_service: StartService) -> None:
-    async with start_service(run_worker=False) as svc:
-        first = await create_job(svc, "shared", groups=1)
-        second = await create_job(svc, "shared", groups=1)
-        async with svc.sessionmaker() as session:
-            claim = await claim_next_job(session, "w1", 60)
-        assert claim is not None
-        assert claim.job_id == first
-        async with svc.sessionmaker() as session:
-            assert await claim_next_job(session, "w2", 60) is None  # the line is busy
-        async with svc.sessionmaker() as session:
-            await session.execute(
-                sa.update(FineTuningJob)
-                .where(FineTuningJob.id == first)
-                .values(lease_expires_at=None, worker_id=None, status="succeeded")
-            )
-            await session.commit()
-        async with svc.sessionmaker() as session:
-            again = await claim_next_job(session, "w2", 60)
-        assert again is not None
-        assert again.job_id == second
-
-
 async def test_two_worker_processes_on_postgres_never_run_the_same_job(
     backend: str,
     start_service: StartService,
@@ -261,7 +192,7 @@ async def test_two_worker_processes_on_postgres_never_run_the_same_job(
         pytest.skip("several workers share a Postgres database; SQLite runs one worker")
     emulator.set_pace(0.02)
     async with start_service(run_worker=False) as svc:
-        job_ids = [await create_job(svc, f"pair-{i}", groups=2) for i in range(6)]
+        job_ids = [await create_job(svc, f"pair-{i}", groups=2) for i in range(4)]
         workers.append(
             WorkerProcess(svc.settings, emulator, tmp_path / "w1.log", WORKER__MAX_CONCURRENT_JOBS="2")
         )
@@ -271,8 +202,40 @@ async def test_two_worker_processes_on_postgres_never_run_the_same_job(
         for job_id in job_ids:
             done = await wait_for_job(svc.sdk, job_id, timeout_s=120)
             assert done.status == "succeeded", done.error
+        async with svc.sessionmaker() as session:
+            registered = (
+                await session.scalars(sa.select(WorkerRecord).where(WorkerRecord.in_api.is_(False)))
+            ).all()
+        assert len(registered) == 2
+        assert all(w.has_wandb_key and w.wandb_key_status == "accepted" for w in registered)
+        scraped: list[str] = []
+
+        async def both_see_each_other() -> bool:  # the queue gauges refresh every few seconds
+            async with httpx.AsyncClient() as http:
+                scraped[:] = [
+                    (await http.get(f"http://127.0.0.1:{w.metrics_port}/metrics")).text for w in registered
+                ]
+            return all("workers_live 2.0" in t and 'jobs{status="succeeded"} 4.0' in t for t in scraped)
+
+        await wait_until(
+            both_see_each_other, timeout_s=30, what="each worker's gauges: both workers, 4 jobs done"
+        )
+        posts = [
+            float(line.split()[-1])
+            for text in scraped
+            for line in text.splitlines()
+            if line.startswith('wandb_calls_total{outcome="ok",route="training_jobs.create"}')
+        ]
+        assert sum(posts) == 8  # each worker reports the POSTs it made
         codes = [w.terminate() for w in workers]
         assert codes == [0, 0]
+        async with svc.sessionmaker() as session:
+            stopped = (
+                await session.scalars(
+                    sa.select(WorkerRecord.stopped_at).where(WorkerRecord.in_api.is_(False))
+                )
+            ).all()
+        assert all(stopped)
         starters = set()
         for i, job_id in enumerate(job_ids):
             assert emulator.training_posts(f"pair-{i}") == 2
@@ -282,4 +245,4 @@ async def test_two_worker_processes_on_postgres_never_run_the_same_job(
             assert not any(m.startswith("Resumed") for m in text)
             starters.add(started[0])
             assert (await job_row(svc, job_id)).attempts == 1
-        assert emulator.counters()["training_jobs_total"] == 12
+        assert emulator.counters()["training_jobs_total"] == 8
