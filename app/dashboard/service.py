@@ -1,0 +1,272 @@
+"""What only the dashboard needs: its login sessions and CSRF tokens, and the overview's
+aggregates (counts and percentiles no API route answers). Everything else the pages show is
+read through the same service functions as the API (app/jobs, app/registry, app/datasets,
+app/queue). Functions take a session, flush and never commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import math
+import secrets
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.dashboard.models import DashboardSession
+from app.datasets.models import Dataset, DatasetStatus
+from app.db import utcnow
+from app.gateway.models import CapturedCompletion, GatewayRequest
+from app.jobs.models import FineTuningJob, JobStatus
+from app.keys.service import Authenticator, Principal, hash_key
+
+TOKEN_BYTES = 32
+# The overview's percentiles are computed over at most this many of the last hour's requests
+# (the newest): a bounded read however busy the gateway is.
+LATENCY_SAMPLE = 20_000
+CAPTURES_PAGE = 20
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def csrf_token(session_token: str) -> str:
+    """The CSRF token of a session: an HMAC of its (secret, HttpOnly) cookie token, so a page
+    from another origin can neither read nor compute it (OWASP CSRF cheat sheet, "signed
+    double-submit cookie"), and nothing more is stored."""
+    return hmac.new(session_token.encode(), b"dashboard-csrf", hashlib.sha256).hexdigest()
+
+
+def csrf_matches(session_token: str, submitted: str | None) -> bool:
+    return bool(submitted) and hmac.compare_digest(csrf_token(session_token), submitted or "")
+
+
+@dataclass(frozen=True)
+class Login:
+    token: str  # goes in the cookie, never stored
+    principal: Principal
+    expires_at: dt.datetime
+
+
+async def log_in(
+    session: AsyncSession, authenticator: Authenticator, api_key: str, *, ttl_s: float
+) -> Login | None:
+    """A new session for a valid key (None otherwise). Only hashes are stored."""
+    key = api_key.strip()
+    if not key:
+        return None
+    principal = await authenticator.verify(key)
+    if principal is None:
+        return None
+    token = secrets.token_urlsafe(TOKEN_BYTES)
+    expires_at = utcnow() + dt.timedelta(seconds=ttl_s)
+    session.add(
+        DashboardSession(
+            token_hash=_token_hash(token),
+            key_id=principal.key_id,
+            key_hash=hash_key(key),
+            expires_at=expires_at,
+        )
+    )
+    # expired rows of anyone go with each login (indexed): the table stays as small as its users
+    await session.execute(sa.delete(DashboardSession).where(DashboardSession.expires_at < utcnow()))
+    await session.flush()
+    return Login(token=token, principal=principal, expires_at=expires_at)
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    key_id: str
+    key_hash: str
+
+
+async def find_session(session: AsyncSession, token: str | None) -> StoredSession | None:
+    """The live (unexpired) session a cookie's token names."""
+    if not token:
+        return None
+    row = await session.get(DashboardSession, _token_hash(token))
+    if row is None or row.expires_at <= utcnow():
+        return None
+    return StoredSession(row.key_id, row.key_hash)
+
+
+async def session_principal(authenticator: Authenticator, found: StoredSession | None) -> Principal | None:
+    """Who a session belongs to: None without one, or when its key no longer verifies (revoked:
+    within AUTH__KEY_CACHE_TTL_S, as for the API). Call it with no transaction open: a stored
+    key is looked up in the authenticator's own session (SQLite has one writer at a time)."""
+    if found is None:
+        return None
+    principal = await authenticator.verify_digest(found.key_hash)
+    if principal is None or principal.key_id != found.key_id:
+        return None
+    return principal
+
+
+async def log_out(session: AsyncSession, token: str | None) -> None:
+    if token:
+        await session.execute(
+            sa.delete(DashboardSession).where(DashboardSession.token_hash == _token_hash(token))
+        )
+        await session.flush()
+
+
+# -- overview ---------------------------------------------------------------------------------
+
+
+async def jobs_by_status(session: AsyncSession) -> dict[str, int]:
+    """Every status with its count (zeros included), from the (status, created_at) index."""
+    rows = await session.execute(
+        sa.select(FineTuningJob.status, sa.func.count()).group_by(FineTuningJob.status)
+    )
+    counts = {str(s): 0 for s in JobStatus}
+    counts.update({status: int(n) for status, n in rows.tuples().all()})
+    return counts
+
+
+async def datasets_building(session: AsyncSession, *, limit: int = 20) -> list[Dataset]:
+    rows = await session.scalars(
+        sa.select(Dataset)
+        .where(Dataset.status.in_([DatasetStatus.QUEUED, DatasetStatus.BUILDING]))
+        .order_by(Dataset.created_at.desc())
+        .limit(limit)
+    )
+    return list(rows.all())
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in [0, 1]) of an ascending list: the value at rank ⌈q·n⌉."""
+    if not sorted_values:
+        return None
+    rank = max(1, min(len(sorted_values), math.ceil(q * len(sorted_values) - 1e-9)))
+    return sorted_values[rank - 1]
+
+
+@dataclass
+class ModelTraffic:
+    model: str
+    requests: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def p50_ms(self) -> float | None:
+        return percentile(sorted(self.latencies), 0.50)
+
+    @property
+    def p99_ms(self) -> float | None:
+        return percentile(sorted(self.latencies), 0.99)
+
+
+@dataclass
+class GatewayHour:
+    minutes: list[int]  # unix seconds of each minute's start, oldest first (60 of them)
+    requests_per_minute: list[int]
+    captures_per_minute: list[int]
+    by_model: list[ModelTraffic]
+    total: int
+    sampled: int  # how many of them the latency percentiles read
+
+
+def _minute(value: dt.datetime) -> int:
+    return int(value.timestamp()) // 60 * 60
+
+
+def _minute_bucket(session: AsyncSession) -> sa.ColumnElement[object]:
+    """The request's minute, computed by the database: SQLite keeps UTC timestamps as
+    'YYYY-MM-DD HH:MM:SS.ffffff' text, Postgres as timestamptz."""
+    if session.get_bind().dialect.name == "sqlite":
+        return sa.func.substr(GatewayRequest.created_at, 1, 16)
+    return sa.func.date_trunc("minute", sa.func.timezone("UTC", GatewayRequest.created_at))
+
+
+def _bucket_start(key: object) -> int:
+    if isinstance(key, dt.datetime):
+        return _minute(key if key.tzinfo else key.replace(tzinfo=dt.UTC))
+    return _minute(dt.datetime.strptime(str(key), "%Y-%m-%d %H:%M").replace(tzinfo=dt.UTC))
+
+
+async def gateway_last_hour(session: AsyncSession, *, now: dt.datetime | None = None) -> GatewayHour:
+    """The gateway's request log over the last hour (`gateway_requests.created_at` index):
+    requests and captures per minute, and per model the count, error rate and p50/p99 latency.
+    A capture is a successful chat request that carried `metadata.trajectory_id` (what the
+    capture writer stores), counted from the same log so no scan of the captures table is needed."""
+    end = now or utcnow()
+    start = end - dt.timedelta(hours=1)
+    first = _minute(start) + 60
+    minutes = [first + 60 * i for i in range(60)]
+    index = {m: i for i, m in enumerate(minutes)}
+    requests = [0] * 60
+    captures = [0] * 60
+    by_model: dict[str, ModelTraffic] = {}
+    window = GatewayRequest.created_at >= start
+    model_name = sa.func.coalesce(GatewayRequest.model_served, GatewayRequest.model_requested, "(none)")
+    failed = sa.case((GatewayRequest.status_code >= 400, 1), else_=0)
+    captured = sa.case(
+        (sa.and_(GatewayRequest.trajectory_id.is_not(None), GatewayRequest.status_code < 400), 1), else_=0
+    )
+    bucket = _minute_bucket(session)
+    per_minute = await session.execute(
+        sa.select(bucket, sa.func.count(), sa.func.sum(captured)).where(window).group_by(bucket)
+    )
+    for key, count, caps in per_minute.tuples().all():
+        slot = index.get(_bucket_start(key))
+        if slot is not None:
+            requests[slot] += int(count)
+            captures[slot] += int(caps or 0)
+    per_model = await session.execute(
+        sa.select(model_name, sa.func.count(), sa.func.sum(failed)).where(window).group_by(model_name)
+    )
+    total = 0
+    for model, count, errors in per_model.tuples().all():
+        total += int(count)
+        by_model[str(model)] = ModelTraffic(str(model), requests=int(count), errors=int(errors or 0))
+    sample = await session.execute(
+        sa.select(GatewayRequest.model_served, GatewayRequest.model_requested, GatewayRequest.latency_ms)
+        .where(window)
+        .order_by(GatewayRequest.created_at.desc())
+        .limit(LATENCY_SAMPLE)
+    )
+    sampled = 0
+    latencies: dict[str, list[float]] = defaultdict(list)
+    for served, requested, latency in sample.tuples().all():
+        sampled += 1
+        latencies[served or requested or "(none)"].append(float(latency))
+    for model, values in latencies.items():
+        if model in by_model:
+            by_model[model].latencies = values
+    ordered = sorted(by_model.values(), key=lambda t: (-t.requests, t.model))
+    return GatewayHour(minutes, requests, captures, ordered, total, sampled)
+
+
+# -- captures ---------------------------------------------------------------------------------
+
+
+async def trajectory_captures(
+    session: AsyncSession, trajectory_id: str, *, after: str | None, limit: int = CAPTURES_PAGE
+) -> tuple[list[CapturedCompletion], bool]:
+    """A trajectory's captured completions in (created_at, id) order, keyset-paged on the
+    (trajectory_id, step, created_at) index's prefix."""
+    query = sa.select(CapturedCompletion).where(CapturedCompletion.trajectory_id == trajectory_id)
+    if after is not None:
+        anchor = await session.get(CapturedCompletion, after)
+        if anchor is not None and anchor.trajectory_id == trajectory_id:
+            query = query.where(
+                sa.or_(
+                    CapturedCompletion.created_at > anchor.created_at,
+                    sa.and_(
+                        CapturedCompletion.created_at == anchor.created_at, CapturedCompletion.id > anchor.id
+                    ),
+                )
+            )
+    query = query.order_by(CapturedCompletion.created_at, CapturedCompletion.id).limit(limit + 1)
+    rows = list((await session.scalars(query)).all())
+    return rows[:limit], len(rows) > limit

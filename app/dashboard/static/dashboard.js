@@ -1,0 +1,66 @@
+// Charts of the dashboard: each <div class="chart"> names a table (data-source) whose rows carry
+// the values as data-* attributes, the x column (data-x) and the series ("key:label,...").
+// The table is the source of truth (tests compare it with the API); uPlot only draws it.
+"use strict";
+(function () {
+  var COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c"];
+  window.tcCharts = window.tcCharts || {};
+
+  function attr(row, key) {
+    var value = row.getAttribute("data-" + key);
+    if (value === null || value === "") return null;
+    var n = Number(value);
+    return Number.isFinite(n) ? n : null;
+  }
+
+  function draw(el) {
+    var source = document.querySelector(el.getAttribute("data-source"));
+    if (!source || typeof uPlot === "undefined") return;
+    var xKey = el.getAttribute("data-x");
+    var rows = Array.prototype.filter.call(source.querySelectorAll("tr"), function (r) {
+      return r.hasAttribute("data-" + xKey);
+    });
+    var specs = el.getAttribute("data-series").split(",").map(function (s) {
+      var parts = s.split(":");
+      return { key: parts[0], label: parts.slice(1).join(":") || parts[0] };
+    });
+    var data = [rows.map(function (r) { return attr(r, xKey); })];
+    specs.forEach(function (s) { data.push(rows.map(function (r) { return attr(r, s.key); })); });
+    var series = [{ label: xKey }];
+    specs.forEach(function (s, i) {
+      series.push({ label: s.label, stroke: COLORS[i % COLORS.length], width: 2, points: { show: true, size: 6 } });
+    });
+    var old = window.tcCharts[el.id];
+    if (old) old.destroy();
+    el.textContent = "";
+    var time = el.getAttribute("data-time") === "1";
+    var opts = {
+      title: el.getAttribute("data-title") || "",
+      width: Math.max(320, Math.min(el.clientWidth || 560, 900)),
+      height: 220,
+      scales: { x: { time: time } },
+      series: series,
+      axes: [{}, { size: 60 }],
+    };
+    if (!rows.length) {
+      el.classList.add("empty");
+      el.setAttribute("data-points", "0");
+      el.textContent = (opts.title ? opts.title + ": " : "") + "no data yet";
+      delete window.tcCharts[el.id];
+      return;
+    }
+    el.classList.remove("empty");
+    el.setAttribute("data-points", String(rows.length));
+    window.tcCharts[el.id] = new uPlot(opts, data, el);
+  }
+
+  function drawAll(root) {
+    (root || document).querySelectorAll("div.chart").forEach(draw);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { drawAll(document); });
+  document.addEventListener("htmx:afterSettle", function (evt) {
+    var target = evt.detail && evt.detail.elt;
+    drawAll(target && target.isConnected ? target : document);
+  });
+})();
