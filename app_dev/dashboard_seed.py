@@ -67,7 +67,7 @@ def _job_row(
         "dataset_id": dataset_id,
         "suffix": model_name,
         "seed": 7,
-        "metadata": metadata,
+        "job_metadata": metadata,
         "hyperparameters": HYPERPARAMETERS,
         "model_name": model_name,
         "project": PROJECT,
@@ -183,7 +183,8 @@ async def seed_many_jobs(session: AsyncSession, count: int, *, batch: int = 2_00
 async def seed_gateway_traffic(
     session: AsyncSession, count: int, *, models: tuple[str, ...] = ("agent:latest", "agent:best")
 ) -> None:
-    """`count` request-log rows over the last hour; one in ten an error, half with a trajectory."""
+    """`count` request-log rows over the last 50 minutes; models alternate, every 10th request
+    fails (all on the second model), the even ones carry a trajectory id."""
     rng = random.Random(5)
     now = utcnow()
     rows = []
@@ -192,7 +193,7 @@ async def seed_gateway_traffic(
         status = 500 if i % 10 == 9 else 200
         rows.append(
             {
-                "created_at": now - dt.timedelta(seconds=rng.uniform(0, 3_590)),
+                "created_at": now - dt.timedelta(seconds=rng.uniform(0, 3_000)),
                 "request_id": f"req-{i}",
                 "key_id": "bootstrap-0",
                 "route": "chat.completions",

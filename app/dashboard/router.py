@@ -379,7 +379,7 @@ async def _job_context(session: SessionDep, job_id: str, after: str | None = Non
         {
             "step": (o.model_extra or {}).get("job_step") or o.step_number,
             "checkpoint_step": o.step_number,
-            "values": {k: _number(o.metrics.get(k)) for k in STEP_METRICS},
+            "metrics": {k: _number(o.metrics.get(k)) for k in STEP_METRICS},
         }
         for o in steps
     ]

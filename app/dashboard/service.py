@@ -200,8 +200,9 @@ async def gateway_last_hour(session: AsyncSession, *, now: dt.datetime | None = 
     A capture is a successful chat request that carried `metadata.trajectory_id` (what the
     capture writer stores), counted from the same log so no scan of the captures table is needed."""
     end = now or utcnow()
-    start = end - dt.timedelta(hours=1)
-    first = _minute(start) + 60
+    # the last 60 whole minutes, the current one included: every request counted is in a bucket
+    first = _minute(end) - 59 * 60
+    start = dt.datetime.fromtimestamp(first, dt.UTC)
     minutes = [first + 60 * i for i in range(60)]
     index = {m: i for i, m in enumerate(minutes)}
     requests = [0] * 60
