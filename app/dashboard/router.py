@@ -223,6 +223,10 @@ async def login(
 ) -> Response:
     if not _same_origin(request):
         raise CsrfRejected
+    if not api_key.strip():
+        return _render(
+            request, "login.html", {"next": _safe_next(next), "error": "Paste an API key."}, status=400
+        )
     state = app_state(request.app)
     ttl = state.settings.auth.dashboard_session_ttl_s
     login = await service.log_in(session, state.authenticator, api_key, ttl_s=ttl)
