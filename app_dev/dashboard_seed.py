@@ -312,3 +312,39 @@ async def seed_dataset(session: AsyncSession, *, groups: int = 8) -> Dataset:
             )
     await session.flush()
     return dataset
+
+
+async def seed_many_captures(
+    session: AsyncSession, count: int, *, per_trajectory: int = 10, batch: int = 10_000
+) -> str:
+    """`count` small captures, `per_trajectory` per trajectory id (bulk insert); returns one of
+    the trajectory ids (the last)."""
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    trajectory_id = ""
+    for i in range(count):
+        trajectory_id = f"traj-{i // per_trajectory:08d}"
+        rows.append(
+            {
+                "id": f"cap-{i:024x}",
+                "created_at": now - dt.timedelta(seconds=count - i),
+                "trajectory_id": trajectory_id,
+                "agent_id": "agent-1",
+                "step": i % per_trajectory,
+                "model": "agent:latest",
+                "upstream_model": "agent:step3",
+                "messages": [{"role": "user", "content": "Decide."}],
+                "choice": {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "BUY"},
+                    "logprobs": {"content": [{"token": "BUY", "logprob": -0.2, "top_logprobs": []}]},
+                },
+            }
+        )
+        if len(rows) >= batch:
+            await session.execute(sa.insert(CapturedCompletion), rows)
+            rows = []
+    if rows:
+        await session.execute(sa.insert(CapturedCompletion), rows)
+    await session.flush()
+    return trajectory_id

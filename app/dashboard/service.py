@@ -9,10 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import math
 import secrets
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,9 +23,6 @@ from app.jobs.models import FineTuningJob, JobStatus
 from app.keys.service import Authenticator, Principal, hash_key
 
 TOKEN_BYTES = 32
-# The overview's percentiles are computed over at most this many of the last hour's requests
-# (the newest): a bounded read however busy the gateway is.
-LATENCY_SAMPLE = 20_000
 CAPTURES_PAGE = 20
 
 
@@ -138,32 +133,17 @@ async def datasets_building(session: AsyncSession, *, limit: int = 20) -> list[D
     return list(rows.all())
 
 
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile (q in [0, 1]) of an ascending list: the value at rank ⌈q·n⌉."""
-    if not sorted_values:
-        return None
-    rank = max(1, min(len(sorted_values), math.ceil(q * len(sorted_values) - 1e-9)))
-    return sorted_values[rank - 1]
-
-
 @dataclass
 class ModelTraffic:
     model: str
     requests: int = 0
     errors: int = 0
-    latencies: list[float] = field(default_factory=list)
+    p50_ms: float | None = None
+    p99_ms: float | None = None
 
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
-
-    @property
-    def p50_ms(self) -> float | None:
-        return percentile(sorted(self.latencies), 0.50)
-
-    @property
-    def p99_ms(self) -> float | None:
-        return percentile(sorted(self.latencies), 0.99)
 
 
 @dataclass
@@ -173,7 +153,6 @@ class GatewayHour:
     captures_per_minute: list[int]
     by_model: list[ModelTraffic]
     total: int
-    sampled: int  # how many of them the latency percentiles read
 
 
 def _minute(value: dt.datetime) -> int:
@@ -215,37 +194,54 @@ async def gateway_last_hour(session: AsyncSession, *, now: dt.datetime | None = 
         (sa.and_(GatewayRequest.trajectory_id.is_not(None), GatewayRequest.status_code < 400), 1), else_=0
     )
     bucket = _minute_bucket(session)
-    per_minute = await session.execute(
-        sa.select(bucket, sa.func.count(), sa.func.sum(captured)).where(window).group_by(bucket)
+    # one scan for both breakdowns: at most 60 × models rows come back
+    grouped = await session.execute(
+        sa.select(bucket, model_name, sa.func.count(), sa.func.sum(failed), sa.func.sum(captured))
+        .where(window)
+        .group_by(bucket, model_name)
     )
-    for key, count, caps in per_minute.tuples().all():
+    total = 0
+    for key, model, count, errors, caps in grouped.tuples().all():
+        total += int(count)
         slot = index.get(_bucket_start(key))
         if slot is not None:
             requests[slot] += int(count)
             captures[slot] += int(caps or 0)
-    per_model = await session.execute(
-        sa.select(model_name, sa.func.count(), sa.func.sum(failed)).where(window).group_by(model_name)
-    )
-    total = 0
-    for model, count, errors in per_model.tuples().all():
-        total += int(count)
-        by_model[str(model)] = ModelTraffic(str(model), requests=int(count), errors=int(errors or 0))
-    sample = await session.execute(
-        sa.select(GatewayRequest.model_served, GatewayRequest.model_requested, GatewayRequest.latency_ms)
+        traffic = by_model.setdefault(str(model), ModelTraffic(str(model)))
+        traffic.requests += int(count)
+        traffic.errors += int(errors or 0)
+    # p50 and p99 by model, exact (nearest rank, ⌈q·n⌉), computed by the database with window
+    # functions (SQLite ≥ 3.25 and Postgres): only two rows per model come back, however busy
+    # the hour was. ⌈q·n⌉ in integer arithmetic: (n + 1) // 2 and (99·n + 99) // 100.
+    ranked = (
+        sa.select(
+            model_name.label("model"),
+            GatewayRequest.latency_ms.label("latency"),
+            sa.func.row_number()
+            .over(partition_by=model_name, order_by=GatewayRequest.latency_ms)
+            .label("rank"),
+            sa.func.count().over(partition_by=model_name).label("n"),
+        )
         .where(window)
-        .order_by(GatewayRequest.created_at.desc())
-        .limit(LATENCY_SAMPLE)
+        .subquery()
     )
-    sampled = 0
-    latencies: dict[str, list[float]] = defaultdict(list)
-    for served, requested, latency in sample.tuples().all():
-        sampled += 1
-        latencies[served or requested or "(none)"].append(float(latency))
-    for model, values in latencies.items():
-        if model in by_model:
-            by_model[model].latencies = values
+    p50_rank = (ranked.c.n + 1) // 2
+    p99_rank = (ranked.c.n * 99 + 99) // 100
+    marks = await session.execute(
+        sa.select(
+            ranked.c.model, ranked.c.latency, ranked.c.rank == p50_rank, ranked.c.rank == p99_rank
+        ).where(sa.or_(ranked.c.rank == p50_rank, ranked.c.rank == p99_rank))
+    )
+    for model, latency, is_p50, is_p99 in marks.tuples().all():
+        traffic = by_model.get(str(model))
+        if traffic is None:
+            continue
+        if is_p50:
+            traffic.p50_ms = float(latency)
+        if is_p99:
+            traffic.p99_ms = float(latency)
     ordered = sorted(by_model.values(), key=lambda t: (-t.requests, t.model))
-    return GatewayHour(minutes, requests, captures, ordered, total, sampled)
+    return GatewayHour(minutes, requests, captures, ordered, total)
 
 
 # -- captures ---------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ def line(name: str, samples: list[float]) -> str:
     ordered = sorted(samples)
     p50 = statistics.median(ordered)
     p90 = ordered[int(0.9 * (len(ordered) - 1))]
-    return f"{name:<44} p50 {p50:6.1f} ms   p90 {p90:6.1f} ms   (n={len(samples)})"
+    return f"{name:<58} p50 {p50:6.1f} ms   p90 {p90:6.1f} ms   (n={len(samples)})"
 
 
 async def main() -> None:
@@ -68,6 +68,10 @@ async def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="a scratch database on 127.0.0.1:5432")
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument(
+        "--captures", type=int, default=0, help="also seed this many captures and time a search"
+    )
+    parser.add_argument("--requests", type=int, default=10_000, help="gateway requests in the last hour")
     parser.add_argument("-n", type=int, default=50, help="timed requests per page")
     args = parser.parse_args()
 
@@ -87,6 +91,8 @@ async def main() -> None:
             async with app_state(app).sessionmaker() as session:
                 await seed.seed_many_jobs(session, args.jobs)
                 job = await seed.seed_job(session, steps=args.steps, model_name="bench-line")
+                await seed.seed_gateway_traffic(session, args.requests)
+                trajectory = await seed.seed_many_captures(session, args.captures) if args.captures else None
                 await session.commit()
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
@@ -115,7 +121,18 @@ async def main() -> None:
                         f"/dashboard/models/<id> ({args.steps} checkpoints)",
                         await timed(client, f"/dashboard/models/{job.model.id}", args.n),
                     ),
+                    line(
+                        f"/dashboard (overview, {args.requests} gateway requests in the hour)",
+                        await timed(client, "/dashboard", args.n),
+                    ),
                 ]
+                if trajectory is not None:
+                    results.append(
+                        line(
+                            f"/dashboard/captures ({args.captures} captures)",
+                            await timed(client, f"/dashboard/captures?trajectory_id={trajectory}", args.n),
+                        )
+                    )
         backend = "postgres" if args.postgres else "sqlite"
         load = os.getloadavg()
         print(f"backend {backend}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

@@ -3,6 +3,7 @@ database (app_dev/dashboard_seed.py): what each page shows agrees with the API's
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import AsyncIterator
 
@@ -12,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
+from app.gateway.models import GatewayRequest
 from app.jobs.models import JobStatus
 from app.registry.models import AliasEvent
 from app.state import app_state
@@ -171,6 +173,29 @@ async def test_overview_datasets_and_captures_render_their_numbers(
         )
     )
     assert rates == {"agent:latest": 0.0, "agent:best": 0.2}
+    # p50/p99 by the database's window functions = nearest rank (⌈q·n⌉) over the hour's requests
+    async with app_state(app).sessionmaker() as session:
+        rows = (
+            await session.execute(sa.select(GatewayRequest.model_served, GatewayRequest.latency_ms))
+        ).all()
+    p50 = dict(
+        zip(
+            attrs(overview.text, "gateway-models", "model"),
+            attrs(overview.text, "gateway-models", "p50"),
+            strict=True,
+        )
+    )
+    p99 = dict(
+        zip(
+            attrs(overview.text, "gateway-models", "model"),
+            attrs(overview.text, "gateway-models", "p99"),
+            strict=True,
+        )
+    )
+    for model in ("agent:latest", "agent:best"):
+        latencies = sorted(latency for served, latency in rows if served == model)
+        assert float(p50[model]) == latencies[math.ceil(0.5 * len(latencies)) - 1]
+        assert float(p99[model]) == latencies[math.ceil(0.99 * len(latencies)) - 1]
     per_minute = [int(v) for v in attrs(overview.text, "gateway-minutes", "requests")]
     assert sum(per_minute) == 200
     assert len(per_minute) == 60

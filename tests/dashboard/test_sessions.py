@@ -64,13 +64,6 @@ def test_login_redirects_only_within_the_dashboard(target: str | None, expected:
     assert _safe_next(target) == expected
 
 
-def test_percentile_is_nearest_rank() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert service.percentile(values, 0.5) == 50.0
-    assert service.percentile(values, 0.99) == 99.0
-    assert service.percentile([], 0.5) is None
-
-
 # -- through the app --------------------------------------------------------------------------
 
 
