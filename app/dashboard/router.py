@@ -277,10 +277,16 @@ async def overview(request: Request, session: SessionDep, _principal: OperatorDe
             "nav": "overview",
             "by_status": await service.jobs_by_status(session),
             "workers": workers,
-            "gateway": await service.gateway_last_hour(session),
             "building": await service.datasets_building(session),
         },
     )
+
+
+@router.get("/overview/gateway")
+async def overview_gateway(request: Request, session: SessionDep, _principal: OperatorDep) -> HTMLResponse:
+    """The gateway's last hour: a fragment of its own (its queries read the whole hour of the
+    request log), so the overview shows at once and this part follows and refreshes."""
+    return _render(request, "overview_gateway.html", {"gateway": await service.gateway_last_hour(session)})
 
 
 # -- jobs -------------------------------------------------------------------------------------

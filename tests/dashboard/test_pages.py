@@ -164,6 +164,9 @@ async def test_overview_datasets_and_captures_render_their_numbers(
     )
     assert counts["running"] == "1"
     assert counts["succeeded"] == "0"
+    assert 'hx-get="/dashboard/overview/gateway"' in overview.text
+    overview = await operator.get("/dashboard/overview/gateway", headers={"HX-Request": "true"})
+    assert overview.status_code == 200
     # the seed alternates the two models; every 10th request (all on agent:best) failed
     rates = dict(
         zip(
