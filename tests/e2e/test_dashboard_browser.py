@@ -181,6 +181,20 @@ async def test_an_operator_logs_in_reads_a_jobs_curves_moves_an_alias_and_cancel
                 assert any(d.startswith(f"Cancel job {running.id}?") for d in dialogs)
                 # the page's live part follows the job to its end
                 await page.wait_for_selector("#job-live[data-status=cancelled]", timeout=15_000)
+
+                # the other pages load as cleanly (console and network checked below)
+                await page.goto(f"{url}/dashboard")
+                await page.wait_for_selector("#gateway-models tr[data-model]")  # the htmx fragment
+                for path in (
+                    "/dashboard/jobs",
+                    "/dashboard/models",
+                    "/dashboard/datasets",
+                    f"/dashboard/datasets/{ds.id}",
+                    "/dashboard/captures?trajectory_id=none",
+                ):
+                    response = await page.goto(url + path, wait_until="networkidle")
+                    assert response is not None
+                    assert response.status == 200, path
             finally:
                 await browser.close()
         await sdk.close()
