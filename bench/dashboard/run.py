@@ -121,9 +121,10 @@ async def main() -> None:
                         f"/dashboard/models/<id> ({args.steps} checkpoints)",
                         await timed(client, f"/dashboard/models/{job.model.id}", args.n),
                     ),
+                    line("/dashboard (overview)", await timed(client, "/dashboard", args.n)),
                     line(
-                        f"/dashboard (overview, {args.requests} gateway requests in the hour)",
-                        await timed(client, "/dashboard", args.n),
+                        f"/dashboard/overview/gateway ({args.requests} requests in the hour)",
+                        await timed(client, "/dashboard/overview/gateway", args.n),
                     ),
                 ]
                 if trajectory is not None:
