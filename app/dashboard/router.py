@@ -47,6 +47,7 @@ HERE = Path(__file__).parent
 PAGE_SIZE = 25
 EVENTS_PAGE = 20
 MAX_CHART_POINTS = 5_000  # checkpoints drawn on a job's or a line's charts
+CHECKPOINTS_PAGE = 25  # rows of a checkpoints table (the charts draw them all)
 GROUPS_PAGE = 20
 REJECTION_SAMPLES = 3
 
@@ -392,7 +393,19 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-async def _job_context(session: SessionDep, job_id: str, after: str | None = None) -> dict[str, Any]:
+def _page_by_step(
+    items: list[Any], step_of: Callable[[Any], int], before: int | None
+) -> tuple[list[Any], int | None]:
+    """A newest-first page of checkpoints already read for the charts: those below step
+    `before`, and the cursor of the next page (the last step shown) when more follow."""
+    rows = [c for c in items if before is None or step_of(c) < before]
+    page = rows[:CHECKPOINTS_PAGE]
+    return page, (step_of(page[-1]) if len(rows) > CHECKPOINTS_PAGE else None)
+
+
+async def _job_context(
+    session: SessionDep, job_id: str, after: str | None = None, before: int | None = None
+) -> dict[str, Any]:
     job = await jobs.get_job(session, job_id)
     ckpts, _ = await jobs.list_checkpoints(
         session, job_id, after=None, limit=MAX_CHART_POINTS, include_deleted=True
@@ -413,12 +426,15 @@ async def _job_context(session: SessionDep, job_id: str, after: str | None = Non
         }
         for o in steps
     ]
+    table, table_next = _page_by_step(objects, lambda o: o.step_number, before)
     events, events_more = await jobs.list_events(session, job_id, after=after, limit=EVENTS_PAGE)
     return {
         "job": job_object(job),
         "terminal": job.status in TERMINAL_STATUSES,
         "cancel_requested": job.cancel_requested_at is not None,
-        "checkpoints": objects,
+        "checkpoints": table,
+        "checkpoints_total": len(objects),
+        "checkpoints_before": table_next,
         "aliases": aliases,
         "points": points,
         "charts": JOB_CHARTS,
@@ -430,16 +446,16 @@ async def _job_context(session: SessionDep, job_id: str, after: str | None = Non
 
 @router.get("/jobs/{job_id}")
 async def job_page(
-    request: Request, job_id: str, session: SessionDep, _principal: OperatorDep, after: str | None = None
+    request: Request,
+    job_id: str,
+    session: SessionDep,
+    _principal: OperatorDep,
+    after: str | None = None,
+    before: Annotated[int | None, Query(ge=0)] = None,
 ) -> HTMLResponse:
+    context = await _job_context(session, job_id, after, before)
     return _render(
-        request,
-        "job.html",
-        {
-            "nav": "jobs",
-            "notice": request.query_params.get("notice"),
-            **await _job_context(session, job_id, after),
-        },
+        request, "job.html", {"nav": "jobs", "notice": request.query_params.get("notice"), **context}
     )
 
 
@@ -494,10 +510,15 @@ async def models_page(
 
 @router.get("/models/{model_id}")
 async def model_page(
-    request: Request, model_id: str, session: SessionDep, _principal: OperatorDep
+    request: Request,
+    model_id: str,
+    session: SessionDep,
+    _principal: OperatorDep,
+    before: Annotated[int | None, Query(ge=0)] = None,
 ) -> HTMLResponse:
     line = await registry.get_model_line(session, model_id)
     ckpts = await registry.line_checkpoints(session, line, limit=MAX_CHART_POINTS)
+    table, table_next = _page_by_step(ckpts[::-1], lambda c: c.step, before)
     aliases = await registry.line_aliases(session, [line.id])
     pointing: dict[str, list[str]] = {}
     for alias, ckpt in aliases:
@@ -512,6 +533,8 @@ async def model_page(
             "nav": "models",
             "line": line,
             "checkpoints": ckpts,
+            "table": table,
+            "table_next": table_next,
             "pointing": pointing,
             "aliases": [(a.alias, c) for a, c in aliases],
             "history": history,

@@ -19,12 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.dashboard.models import DashboardSession
 from app.datasets.models import Dataset, DatasetStatus
 from app.db import utcnow
+from app.errors import BadRequest
 from app.gateway.models import CapturedCompletion, GatewayRequest
 from app.jobs.models import FineTuningJob, JobStatus
 from app.keys.service import Authenticator, Principal, hash_key
 
 TOKEN_BYTES = 32
 CAPTURES_PAGE = 20
+UNNUMBERED_STEP = 2**31 - 1  # captures without a step sort after the numbered ones
 # latency percentiles are computed for this many of the hour's busiest models (two queries each)
 PERCENTILE_MODELS = 10
 
@@ -240,20 +242,31 @@ async def gateway_last_hour(session: AsyncSession, *, now: dt.datetime | None = 
 async def trajectory_captures(
     session: AsyncSession, trajectory_id: str, *, after: str | None, limit: int = CAPTURES_PAGE
 ) -> tuple[list[CapturedCompletion], bool]:
-    """A trajectory's captured completions in (created_at, id) order, keyset-paged on the
-    (trajectory_id, step, created_at) index's prefix."""
+    """A trajectory's captured completions in the order the dataset builder reads them (step,
+    unnumbered last, then time), keyset-paged; found through the (trajectory_id, step,
+    created_at) index, so a search costs the same with a million captures of others."""
+    step = sa.func.coalesce(CapturedCompletion.step, UNNUMBERED_STEP)
     query = sa.select(CapturedCompletion).where(CapturedCompletion.trajectory_id == trajectory_id)
     if after is not None:
         anchor = await session.get(CapturedCompletion, after)
-        if anchor is not None and anchor.trajectory_id == trajectory_id:
-            query = query.where(
-                sa.or_(
-                    CapturedCompletion.created_at > anchor.created_at,
-                    sa.and_(
-                        CapturedCompletion.created_at == anchor.created_at, CapturedCompletion.id > anchor.id
-                    ),
-                )
+        if anchor is None or anchor.trajectory_id != trajectory_id:
+            raise BadRequest(
+                f"after: no capture {after!r} of trajectory {trajectory_id!r}",
+                param="after",
+                code="invalid_cursor",
             )
-    query = query.order_by(CapturedCompletion.created_at, CapturedCompletion.id).limit(limit + 1)
+        anchor_step = anchor.step if anchor.step is not None else UNNUMBERED_STEP
+        query = query.where(
+            sa.or_(
+                step > anchor_step,
+                sa.and_(step == anchor_step, CapturedCompletion.created_at > anchor.created_at),
+                sa.and_(
+                    step == anchor_step,
+                    CapturedCompletion.created_at == anchor.created_at,
+                    CapturedCompletion.id > anchor.id,
+                ),
+            )
+        )
+    query = query.order_by(step, CapturedCompletion.created_at, CapturedCompletion.id).limit(limit + 1)
     rows = list((await session.scalars(query)).all())
     return rows[:limit], len(rows) > limit

@@ -118,7 +118,8 @@ async def test_moving_an_alias_from_the_model_page_records_an_event_and_the_api_
         await session.commit()
     page = await operator.get(f"/dashboard/models/{job.model.id}")
     assert page.status_code == 200
-    assert attrs(page.text, "line-checkpoints", "step") == ["1", "2", "3"]
+    assert attrs(page.text, "line-timeline", "step") == ["1", "2", "3"]  # the chart's points
+    assert attrs(page.text, "line-checkpoints", "step") == ["3", "2", "1"]  # the table, newest first
     moved = await operator.post(
         f"/dashboard/models/{job.model.id}/aliases",
         data={"alias": "production", "checkpoint": job.checkpoint_ids[0], "csrf_token": csrf_of(page.text)},
@@ -248,3 +249,33 @@ async def test_every_page_sends_a_policy_allowing_only_this_services_scripts(
         "dashboard.js",
     ):
         assert (await operator.get(f"/dashboard/static/{asset}")).status_code == 200, asset
+
+
+async def test_long_lists_are_paged_by_cursor_while_charts_keep_every_point(
+    app: FastAPI, operator: httpx.AsyncClient
+) -> None:
+    async with app_state(app).sessionmaker() as session:
+        job = await seed.seed_job(session, steps=30)
+        captures = await seed.seed_captures(session, "traj-long", steps=25)
+        await session.commit()
+    page = await operator.get(f"/dashboard/jobs/{job.job_id}")
+    assert len(attrs(page.text, "step-metrics", "step")) == 30
+    first = attrs(page.text, "checkpoints", "checkpoint-id")
+    older = re.search(r'href="([^"]+)">Older checkpoints', page.text)
+    assert older is not None
+    rest = attrs((await operator.get(older.group(1))).text, "checkpoints", "checkpoint-id")
+    assert (len(first), len(rest)) == (25, 5)
+    assert first + rest == job.checkpoint_ids[::-1]
+
+    found = await operator.get("/dashboard/captures", params={"trajectory_id": "traj-long"})
+    shown = re.findall(r'data-capture-id="([^"]+)"', found.text)
+    more = re.search(r'rel="next" href="([^"]+)"', found.text)
+    assert more is not None
+    shown += re.findall(
+        r'data-capture-id="([^"]+)"', (await operator.get(more.group(1).replace("&amp;", "&"))).text
+    )
+    assert shown == captures  # step order, each once
+    bad = await operator.get(
+        "/dashboard/captures", params={"trajectory_id": "traj-long", "after": "cap-nope"}
+    )
+    assert bad.status_code == 400
