@@ -376,7 +376,7 @@ def _job_row(job: FineTuningJob) -> JobRow:
 JOB_CHARTS: list[tuple[str, str, list[tuple[str, str]]]] = [
     (
         "reward",
-        "Reward: mean and spread (std) over the step's trajectories",
+        "Reward per step: mean and spread (std)",
         [("reward_mean", "mean"), ("reward_std", "std")],
     ),
     ("loss", "Loss", [("train_loss", "train loss")]),

@@ -36,11 +36,13 @@
     var time = el.getAttribute("data-time") === "1";
     var opts = {
       title: el.getAttribute("data-title") || "",
-      width: Math.max(320, Math.min(el.clientWidth || 560, 900)),
+      // the content box: the chart must not overflow its card's padding
+      width: Math.max(300, Math.min((el.clientWidth || 576) - 16, 900)),
       height: 220,
       scales: { x: { time: time } },
       series: series,
-      axes: [{}, { size: 60 }],
+      // steps and group positions are whole numbers: no 1.5 ticks
+      axes: [time ? {} : { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }, { size: 60 }],
     };
     if (!rows.length) {
       el.classList.add("empty");
