@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from app.gateway.models import GatewayRequest
+from app.gateway.models import CapturedCompletion, GatewayRequest
 from app.jobs.models import JobStatus
 from app.registry.models import AliasEvent
 from app.state import app_state
@@ -279,3 +279,15 @@ async def test_long_lists_are_paged_by_cursor_while_charts_keep_every_point(
         "/dashboard/captures", params={"trajectory_id": "traj-long", "after": "cap-nope"}
     )
     assert bad.status_code == 400
+
+
+async def test_captured_text_is_escaped_not_executed(app: FastAPI, operator: httpx.AsyncClient) -> None:
+    async with app_state(app).sessionmaker() as session:
+        (cap_id,) = await seed.seed_captures(session, "traj-xss", steps=1)
+        cap = await session.get(CapturedCompletion, cap_id)
+        assert cap is not None
+        cap.messages = [{"role": "user", "content": "<script>alert(1)</script>"}]
+        await session.commit()
+    page = await operator.get("/dashboard/captures", params={"trajectory_id": "traj-xss"})
+    assert "<script>alert(1)</script>" not in page.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
