@@ -15,6 +15,8 @@ from fastapi import FastAPI
 
 from app.gateway.models import CapturedCompletion, GatewayRequest
 from app.jobs.models import JobStatus
+from app.queue.models import WandbKeyStatus
+from app.queue.workers import WorkerInfo, beat
 from app.registry.models import AliasEvent
 from app.state import app_state
 from app_dev import dashboard_seed as seed
@@ -291,3 +293,29 @@ async def test_captured_text_is_escaped_not_executed(app: FastAPI, operator: htt
     page = await operator.get("/dashboard/captures", params={"trajectory_id": "traj-xss"})
     assert "<script>alert(1)</script>" not in page.text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+
+
+async def test_the_overview_shows_live_workers_and_datasets_building(
+    app: FastAPI, operator: httpx.AsyncClient
+) -> None:
+    async with app_state(app).sessionmaker() as session:
+        await beat(
+            session,
+            WorkerInfo(
+                id="host:1:abc",
+                in_api=False,
+                has_wandb_key=True,
+                wandb_key_status=WandbKeyStatus.ACCEPTED,
+                jobs_running=2,
+                items_running=1,
+                max_jobs=4,
+                metrics_port=None,
+            ),
+        )
+        building = await seed.seed_dataset(session)
+        building.status = "building"
+        await session.commit()
+    overview = await operator.get("/dashboard")
+    assert '<strong id="workers-live">1</strong>' in overview.text
+    assert "host:1:abc" in overview.text
+    assert f'href="/dashboard/datasets/{building.id}"' in overview.text
