@@ -333,7 +333,9 @@ async def jobs_page(
         next_url = f"{PREFIX}/jobs?" + urlencode(
             {**{k: v for k, v in filters.items() if v}, "after": rows[-1].id}
         )
-    template = "jobs_table.html" if request.headers.get("hx-request") else "jobs.html"
+    # the table alone for the filter form's htmx request (it targets #jobs-table); the whole
+    # page otherwise, history restores (htmx re-requests a pushed URL) included
+    template = "jobs_table.html" if request.headers.get("hx-target") == "jobs-table" else "jobs.html"
     return _render(
         request,
         template,
