@@ -99,9 +99,15 @@ async def test_the_jobs_list_filters_by_status_model_and_metadata_and_pages_by_c
     blue = await operator.get("/dashboard/jobs", params={"metadata": "team=blue"})
     assert attrs(blue.text, "jobs-table", "job-id") == [marked.job_id]
     failed = await operator.get(
-        "/dashboard/jobs", params={"status": "failed"}, headers={"HX-Request": "true"}
+        "/dashboard/jobs",
+        params={"status": "failed"},
+        headers={"HX-Request": "true", "HX-Target": "jobs-table"},
     )
     assert failed.text.lstrip().startswith('<div id="jobs-table"')
+    restored = await operator.get(
+        "/dashboard/jobs", params={"status": "failed"}, headers={"HX-Request": "true"}
+    )
+    assert "<html" in restored.text  # htmx restoring a pushed URL gets the whole page
     assert (
         failed.text.count('class="status status-failed"')
         == len(attrs(failed.text, "jobs-table", "job-id"))
