@@ -182,6 +182,14 @@ async def test_an_operator_logs_in_reads_a_jobs_curves_moves_an_alias_and_cancel
                 # the page's live part follows the job to its end
                 await page.wait_for_selector("#job-live[data-status=cancelled]", timeout=15_000)
 
+                # the jobs list filtered in place (htmx swaps the table, the URL follows)
+                await page.goto(f"{url}/dashboard/jobs")
+                await page.select_option("select[name=status]", value="cancelled")
+                await page.click(".filters button[type=submit]")
+                await page.wait_for_url("**/dashboard/jobs?status=cancelled*")
+                await page.wait_for_selector(f"#jobs-table tr[data-job-id='{running.id}']")
+                assert await page.locator(f"#jobs-table tr[data-job-id='{trained.id}']").count() == 0
+
                 # the other pages load as cleanly (console and network checked below)
                 await page.goto(f"{url}/dashboard")
                 await page.wait_for_selector("#gateway-models tr[data-model]")  # the htmx fragment
