@@ -525,7 +525,6 @@ async def model_page(
     pointing: dict[str, list[str]] = {}
     for alias, ckpt in aliases:
         pointing.setdefault(ckpt.id, []).append(alias.alias)
-    by_id = {c.id: c for c in ckpts}
     history = await registry.alias_history(session, line, limit=50)
     metric = app_state(request.app).settings.training.best_metric
     return _render(
@@ -541,7 +540,6 @@ async def model_page(
             "aliases": [(a.alias, c) for a, c in aliases],
             "history": history,
             "steps_by_id": {c.id: c.step for c in ckpts},
-            "by_id": by_id,
             "metric": metric,
             "metric_of": {c.id: _number(c.metrics.get(metric)) for c in ckpts},
             "notice": request.query_params.get("notice"),
