@@ -161,7 +161,8 @@ def _redirect(request: Request, url: str) -> Response:
 
 def _safe_next(target: str | None) -> str:
     """Only a path of this dashboard: never an open redirect to another site."""
-    if target and target.startswith(PREFIX) and not target.startswith("//") and "\\" not in target:
+    inside = target == PREFIX or target.startswith((PREFIX + "/", PREFIX + "?")) if target else False
+    if target and inside and "\\" not in target:
         return target
     return PREFIX
 

@@ -57,6 +57,7 @@ def test_csrf_token_is_bound_to_the_session_token() -> None:
         ("https://evil.example/dashboard", "/dashboard"),
         ("//evil.example/dashboard", "/dashboard"),
         ("/v1/models", "/dashboard"),
+        ("/dashboard.evil.example", "/dashboard"),
         (None, "/dashboard"),
     ],
 )
