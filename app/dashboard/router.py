@@ -443,6 +443,7 @@ async def _job_context(
         "charts": JOB_CHARTS,
         "events": [event_object(e) for e in events],
         "events_older": events[-1].id if events_more and events else None,
+        "paged": after is not None or before is not None,
         "line": await registry.model_line_by_name(session, job.model_name),
     }
 
