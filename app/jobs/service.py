@@ -345,6 +345,12 @@ async def list_jobs(
     (status, created_at) index; `model` matches the base model or the model line (suffix)."""
     query = sa.select(FineTuningJob)
     if status is not None:
+        if status not in {s.value for s in JobStatus}:
+            raise BadRequest(
+                f"status {status!r} is not one of: {', '.join(JobStatus)}",
+                param="status",
+                code="invalid_status",
+            )
         query = query.where(FineTuningJob.status == status)
     if model is not None:
         query = query.where(sa.or_(FineTuningJob.base_model == model, FineTuningJob.model_name == model))
