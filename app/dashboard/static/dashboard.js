@@ -30,6 +30,24 @@
     specs.forEach(function (s, i) {
       series.push({ label: s.label, stroke: COLORS[i % COLORS.length], width: 2, points: { show: true, size: 6 } });
     });
+    // data-band="mean:std": shade mean ± std (two derived series after the table's own, so
+    // data[1..] stay the table's columns)
+    var bands;
+    var band = el.getAttribute("data-band");
+    if (band) {
+      var keys = band.split(":");
+      var mean = data[1 + specs.findIndex(function (s) { return s.key === keys[0]; })];
+      var std = data[1 + specs.findIndex(function (s) { return s.key === keys[1]; })];
+      if (mean && std) {
+        var edge = function (sign) {
+          return mean.map(function (m, i) { return m === null || std[i] === null ? null : m + sign * std[i]; });
+        };
+        data.push(edge(1), edge(-1));
+        var faint = { stroke: "rgba(37, 99, 235, 0.35)", width: 1, dash: [4, 4], points: { show: false } };
+        series.push(Object.assign({ label: "mean + std" }, faint), Object.assign({ label: "mean − std" }, faint));
+        bands = [{ series: [data.length - 2, data.length - 1], fill: "rgba(37, 99, 235, 0.10)" }];
+      }
+    }
     var old = window.tcCharts[el.id];
     if (old) old.destroy();
     el.textContent = "";
@@ -41,6 +59,7 @@
       height: 220,
       scales: { x: { time: time } },
       series: series,
+      bands: bands,
       // steps and group positions are whole numbers: no 1.5 ticks
       axes: [time ? {} : { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }, { size: 60 }],
     };
