@@ -36,6 +36,11 @@ class AuthSettings(BaseModel):
     key_cache_ttl_s: float = Field(
         5.0, ge=0, description="how long a stored key's check is cached; a revoked key works this long"
     )
+    dashboard_session_ttl_s: float = Field(
+        12 * 3600.0,
+        gt=0,
+        description="how long a dashboard login lasts (its key's revocation ends it sooner)",
+    )
 
 
 class HttpSettings(BaseModel):

@@ -16,6 +16,7 @@ from app.adapters import GameAdapter, install
 from app.auth import require_api_key
 from app.babylon.adapter import ADAPTER as BABYLON
 from app.config import NO_API_KEY_MESSAGE, ConfigError, Settings, load_settings
+from app.dashboard.router import install_dashboard
 from app.datasets.router import router as datasets_router
 from app.datasets.sources import register_source
 from app.db import create_engine, create_sessionmaker
@@ -157,6 +158,8 @@ def create_app(settings: Settings, adapters: Sequence[GameAdapter] = GAME_ADAPTE
         "responses": error_responses(400, 401, 413, 415, 422),
     }
     install_docs(app)
+    # The operator dashboard (/dashboard, and / leads there): its own session auth, see its router.
+    install_dashboard(app)
     # The gateway first: routes are matched in order, and /v1/chat/completions is the hot path
     # (each route tried before it costs ~1.5 µs; bench/proxy/README.md). Auth runs in the
     # gateway's own route class (app/gateway/route.py), not as a dependency: cheaper on the

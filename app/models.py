@@ -1,5 +1,6 @@
 """Every table of the service, imported in one place: one complete Base.metadata for Alembic and tests."""
 
+from app.dashboard import models as _dashboard  # noqa: F401
 from app.datasets.models import Dataset, DatasetGroup
 from app.db import Base
 from app.files import models as _files  # noqa: F401

@@ -30,7 +30,16 @@ PUBLIC = {
     ("GET", "/openapi.json"),
 }
 # Swagger UI's own script, CSS and icon (app/docs.py); the folder itself lists nothing (404).
-PUBLIC_MOUNTS = {("GET", "/docs/assets")}
+# The dashboard's assets likewise (app/dashboard/static).
+PUBLIC_MOUNTS = {("GET", "/docs/assets"), ("GET", "/dashboard/static")}
+# The dashboard (app/dashboard) authenticates with its own session cookie, not a Bearer key:
+# its login and `/` (a redirect to it) are public; every other page and action answers a
+# request without a session with a redirect to the login.
+DASHBOARD_PUBLIC = {("GET", "/"), ("GET", "/dashboard/login"), ("POST", "/dashboard/login")}
+
+
+def _is_dashboard(template: str) -> bool:
+    return template == "/dashboard" or template.startswith("/dashboard/")
 
 
 def _concrete(path: str) -> str:
@@ -59,7 +68,11 @@ async def _call(client: httpx.AsyncClient, method: str, path: str) -> httpx.Resp
 
 
 def _is_public(method: str, template: str) -> bool:
-    return (method if method != "HEAD" else "GET", template) in PUBLIC | PUBLIC_MOUNTS
+    return (method if method != "HEAD" else "GET", template) in PUBLIC | PUBLIC_MOUNTS | DASHBOARD_PUBLIC
+
+
+def _redirects_to_login(response: httpx.Response) -> bool:
+    return response.status_code == 303 and response.headers["location"].startswith("/dashboard/login")
 
 
 async def unprotected_routes(app: FastAPI) -> list[str]:
@@ -72,6 +85,10 @@ async def unprotected_routes(app: FastAPI) -> list[str]:
             if _is_public(method, template):
                 if response.status_code == 401:
                     wrong.append(f"{method} {template}: public route demanded a key")
+                continue
+            if _is_dashboard(template):
+                if not _redirects_to_login(response):
+                    wrong.append(f"{method} {template}: {response.status_code} without a dashboard session")
                 continue
             body = response.json() if response.content else {}
             if response.status_code != 401 or body.get("error", {}).get("code") != "missing_api_key":
@@ -104,6 +121,10 @@ async def test_every_non_public_route_rejects_a_wrong_key(app: FastAPI) -> None:
             if _is_public(method, template):
                 continue
             response = await _call(client, method, path)
+            if _is_dashboard(template):
+                if not _redirects_to_login(response):
+                    wrong.append(f"{method} {template}: {response.status_code}")
+                continue
             if response.status_code != 401 or response.json()["error"]["code"] != "invalid_api_key":
                 wrong.append(f"{method} {template}: {response.status_code}")
     assert wrong == []

@@ -58,10 +58,16 @@ async def create_job(
 
 @router.get("/jobs", response_model=JobList, responses=error_responses(400))
 async def list_jobs(
-    request: Request, session: SessionDep, after: str | None = None, limit: Limit = 20
+    request: Request,
+    session: SessionDep,
+    after: str | None = None,
+    limit: Limit = 20,
+    status: Annotated[str | None, Query(description="only jobs in this status")] = None,
+    model: Annotated[str | None, Query(description="only jobs of this base model or model line")] = None,
 ) -> JobList:
     """Newest first, cursor pages (`after` = last id seen). Filter with `metadata[key]=value`
-    (several allowed), or `metadata=null` for jobs without metadata."""
+    (several allowed), or `metadata=null` for jobs without metadata, and by `status` and
+    `model` (the dashboard's job list uses the same filters)."""
     filters: dict[str, str] = {}
     metadata_null = False
     for key, value in request.query_params.multi_items():
@@ -73,7 +79,13 @@ async def list_jobs(
                 raise BadRequest("metadata: use metadata[key]=value or metadata=null", param="metadata")
             metadata_null = True
     jobs, has_more = await service.list_jobs(
-        session, after=after, limit=limit, metadata=filters, metadata_null=metadata_null
+        session,
+        after=after,
+        limit=limit,
+        metadata=filters,
+        metadata_null=metadata_null,
+        status=status,
+        model=model,
     )
     data = [job_object(j) for j in jobs]
     return JobList.of(data, has_more)

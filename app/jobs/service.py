@@ -338,9 +338,22 @@ async def list_jobs(
     limit: int,
     metadata: dict[str, str] | None,
     metadata_null: bool = False,
+    status: str | None = None,
+    model: str | None = None,
 ) -> tuple[list[FineTuningJob], bool]:
-    """Newest first; `after` is the id of the last job of the previous page."""
+    """Newest first; `after` is the id of the last job of the previous page. `status` uses the
+    (status, created_at) index; `model` matches the base model or the model line (suffix)."""
     query = sa.select(FineTuningJob)
+    if status is not None:
+        if status not in {s.value for s in JobStatus}:
+            raise BadRequest(
+                f"status {status!r} is not one of: {', '.join(JobStatus)}",
+                param="status",
+                code="invalid_status",
+            )
+        query = query.where(FineTuningJob.status == status)
+    if model is not None:
+        query = query.where(sa.or_(FineTuningJob.base_model == model, FineTuningJob.model_name == model))
     if after is not None:
         anchor = await cursor_anchor(session, FineTuningJob, after, what="job")
         query = query.where(after_row(FineTuningJob, anchor, newest_first=True))

@@ -78,3 +78,26 @@ class ModelAlias(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(
         UTCDateTime(), nullable=False, default=utcnow, onupdate=utcnow
     )
+
+
+class AliasEvent(Base):
+    """One alias move (or creation): what it pointed at before and after, and who moved it.
+
+    `actor` is the API key id of an operator's move (the API or the dashboard), None for the
+    registry's own policy (`latest`/`best` after each step)."""
+
+    __tablename__ = "model_alias_events"
+    __table_args__ = (sa.Index("ix_model_alias_events_model_id_id", "model_id", "id"),)
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    model_id: Mapped[str] = mapped_column(
+        sa.String(40), sa.ForeignKey("served_models.id", ondelete="CASCADE"), nullable=False
+    )
+    alias: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    # plain ids, not foreign keys: the history outlives checkpoints that retention removes
+    checkpoint_id: Mapped[str] = mapped_column(sa.String(40), nullable=False)
+    previous_checkpoint_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
+    actor: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)

@@ -36,7 +36,9 @@ async def models_set_alias(
     """`name` is a model line (`<name>` or `wandb-artifact:///<entity>/<project>/<name>`). The
     alias (`production`, `best`, …) then serves as `<name>:<alias>`; the move takes effect in
     this process at once and in others within `INFERENCE__RESOLVE_CACHE_TTL_S`."""
-    model, row, ckpt = await point_alias(session, name, body.alias, body.checkpoint)
+    principal = getattr(request.state, "principal", None)  # set by the route class's auth
+    actor = principal.key_id if principal is not None else None
+    model, row, ckpt = await point_alias(session, name, body.alias, body.checkpoint, actor=actor)
     result = AliasObject.from_rows(model, row, ckpt)
     await session.commit()
     _resolver(request).invalidate()

@@ -15,8 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import utcnow
 from app.errors import BadRequest, NotFound
 from app.ids import new_id
-from app.pagination import fetch_page
-from app.registry.models import Checkpoint, CheckpointOrigin, ModelAlias, ServedModel
+from app.pagination import after_row, created_order, cursor_anchor, fetch_page
+from app.registry.models import AliasEvent, Checkpoint, CheckpointOrigin, ModelAlias, ServedModel
 
 ARTIFACT_PREFIX = "wandb-artifact:///"
 ALIAS_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
@@ -220,9 +220,15 @@ def validate_alias(alias: str) -> None:
 
 
 async def set_alias(
-    session: AsyncSession, model: ServedModel, alias: str, checkpoint: Checkpoint
+    session: AsyncSession,
+    model: ServedModel,
+    alias: str,
+    checkpoint: Checkpoint,
+    *,
+    actor: str | None = None,
 ) -> ModelAlias:
-    """Point `alias` of `model` at `checkpoint` (insert or move)."""
+    """Point `alias` of `model` at `checkpoint` (insert or move); a change is recorded as an
+    `AliasEvent` by `actor` (an API key id; None for the registry's own policy)."""
     validate_alias(alias)
     if checkpoint.model_id != model.id:
         raise BadRequest(
@@ -242,24 +248,103 @@ async def set_alias(
     row = await session.scalar(
         sa.select(ModelAlias).where(ModelAlias.model_id == model.id, ModelAlias.alias == alias)
     )
+    previous = row.checkpoint_id if row is not None else None
     if row is None:
         row = ModelAlias(model_id=model.id, alias=alias, checkpoint_id=checkpoint.id, updated_at=utcnow())
         session.add(row)
     else:
         row.checkpoint_id = checkpoint.id
         row.updated_at = utcnow()
+    if previous != checkpoint.id:
+        session.add(
+            AliasEvent(
+                model_id=model.id,
+                alias=alias,
+                checkpoint_id=checkpoint.id,
+                previous_checkpoint_id=previous,
+                actor=actor,
+            )
+        )
     await session.flush()
     return row
 
 
 async def point_alias(
-    session: AsyncSession, name: str, alias: str, checkpoint_ref: str | int
+    session: AsyncSession, name: str, alias: str, checkpoint_ref: str | int, *, actor: str | None = None
 ) -> tuple[ServedModel, ModelAlias, Checkpoint]:
     """Point `alias` of model line `name` at a checkpoint (insert or move); flushes, never commits."""
     model = await find_model_line(session, name)
     ckpt = await find_checkpoint(session, model, checkpoint_ref)
-    row = await set_alias(session, model, alias, ckpt)
+    row = await set_alias(session, model, alias, ckpt, actor=actor)
     return model, row, ckpt
+
+
+async def list_model_lines(
+    session: AsyncSession, *, after: str | None, limit: int
+) -> tuple[list[ServedModel], bool]:
+    """Model lines, newest first; `after` is the id of the last line seen (keyset on (created_at, id))."""
+    query = sa.select(ServedModel)
+    if after is not None:
+        anchor = await cursor_anchor(session, ServedModel, after, what="model line")
+        query = query.where(after_row(ServedModel, anchor, newest_first=True))
+    return await fetch_page(session, query.order_by(*created_order(ServedModel, newest_first=True)), limit)
+
+
+async def get_model_line(session: AsyncSession, model_id: str) -> ServedModel:
+    model = await session.get(ServedModel, model_id)
+    if model is None:
+        raise NotFound(f"no model line with id {model_id!r}", param="model_id", code="model_not_found")
+    return model
+
+
+async def line_checkpoints(
+    session: AsyncSession, model: ServedModel, *, limit: int, include_deleted: bool = True
+) -> list[Checkpoint]:
+    """A line's newest `limit` checkpoints, in step order."""
+    query = sa.select(Checkpoint).where(Checkpoint.model_id == model.id)
+    if not include_deleted:
+        query = query.where(Checkpoint.deleted_at.is_(None))
+    rows = list((await session.scalars(query.order_by(Checkpoint.step.desc()).limit(limit))).all())
+    return rows[::-1]
+
+
+async def line_aliases(session: AsyncSession, model_ids: list[str]) -> list[tuple[ModelAlias, Checkpoint]]:
+    """The aliases of these lines with the checkpoints they point at, by line then name."""
+    if not model_ids:
+        return []
+    rows = await session.execute(
+        sa.select(ModelAlias, Checkpoint)
+        .join(Checkpoint, Checkpoint.id == ModelAlias.checkpoint_id)
+        .where(ModelAlias.model_id.in_(model_ids))
+        .order_by(ModelAlias.model_id, ModelAlias.alias)
+    )
+    return [(a, c) for a, c in rows.tuples().all()]
+
+
+async def aliases_of_checkpoints(session: AsyncSession, checkpoint_ids: list[str]) -> dict[str, list[str]]:
+    """checkpoint id → the names of the aliases pointing at it."""
+    out: dict[str, list[str]] = {}
+    if not checkpoint_ids:
+        return out
+    rows = await session.execute(
+        sa.select(ModelAlias.checkpoint_id, ModelAlias.alias)
+        .where(ModelAlias.checkpoint_id.in_(checkpoint_ids))
+        .order_by(ModelAlias.alias)
+    )
+    for ckpt_id, alias in rows.tuples().all():
+        out.setdefault(ckpt_id, []).append(alias)
+    return out
+
+
+async def alias_history(session: AsyncSession, model: ServedModel, *, limit: int) -> list[AliasEvent]:
+    """A line's newest alias moves first."""
+    rows = await session.scalars(
+        sa.select(AliasEvent)
+        .where(AliasEvent.model_id == model.id)
+        .order_by(AliasEvent.id.desc())
+        .limit(limit)
+    )
+    return list(rows.all())
 
 
 async def aliased_checkpoint(session: AsyncSession, model: ServedModel, alias: str) -> Checkpoint | None:

@@ -295,3 +295,20 @@ async def test_event_pages_are_newest_first_with_cursor(start_service: StartServ
         assert len(everything) == 4
         page = await svc.sdk.fine_tuning.jobs.list_events(job.id, limit=2, after=everything[1])
         assert [e.id for e in page.data] == everything[2:]
+
+
+async def test_list_filters_by_status_and_model(start_service: StartService) -> None:
+    async with start_service(run_worker=False) as svc:
+        ds = await make_dataset(svc.sessionmaker, groups=2)
+        a = await svc.sdk.fine_tuning.jobs.create(model=BASE, training_file=ds.id, suffix="line-a")
+        b = await svc.sdk.fine_tuning.jobs.create(model=BASE, training_file=ds.id, suffix="line-b")
+        await svc.sdk.fine_tuning.jobs.cancel(b.id)
+        cancelled = await svc.sdk.fine_tuning.jobs.list(extra_query={"status": "cancelled"})
+        assert [j.id for j in cancelled.data] == [b.id]
+        line_a = await svc.sdk.fine_tuning.jobs.list(extra_query={"model": "line-a"})
+        assert [j.id for j in line_a.data] == [a.id]
+        base = await svc.sdk.fine_tuning.jobs.list(extra_query={"model": BASE})
+        assert {j.id for j in base.data} == {a.id, b.id}
+        with pytest.raises(openai.BadRequestError) as err:
+            await svc.sdk.fine_tuning.jobs.list(extra_query={"status": "done"})
+        assert (err.value.body or {})["param"] == "status"  # type: ignore[index]
