@@ -1,6 +1,6 @@
 """dashboard: browser sessions of the operator dashboard, alias move history
 
-Revision ID: 0009_dashboard
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-05
 """
@@ -12,8 +12,7 @@ from alembic import op
 
 import app.db
 
-revision: str = "0009_dashboard"
-# 0006_workers.py's revision id is "0006"; the lead re-chains revisions at merge.
+revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
