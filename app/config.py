@@ -32,10 +32,35 @@ class DatabaseSettings(BaseModel):
     migrate_lock_timeout_s: float = Field(300.0, gt=0, description="max wait for another process's migration")
 
 
+# The scope names of app/keys/scopes.py (config sits below app/keys and cannot import it).
+SCOPE_NAMES = ("admin", "inference", "training")
+
+
 class AuthSettings(BaseModel):
     key_cache_ttl_s: float = Field(
         5.0, ge=0, description="how long a stored key's check is cached; a revoked key works this long"
     )
+    api_keys_scopes: str = Field(
+        ",".join(SCOPE_NAMES),
+        description="comma-separated scopes of every key in API_KEYS (inference, training, admin); "
+        "the default is full access",
+    )
+    rate_lease_fraction: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="share of a key's per-minute limit one replica leases from the database at a time; "
+        "smaller holds the limit closer across replicas, larger makes fewer database round trips",
+    )
+
+    @field_validator("api_keys_scopes")
+    @classmethod
+    def _known_scopes(cls, value: str) -> str:
+        names = [part.strip().lower() for part in value.split(",") if part.strip()]
+        unknown = [n for n in names if n not in SCOPE_NAMES]
+        if unknown or not names:
+            raise ValueError(f"expected one or more of {', '.join(SCOPE_NAMES)}, got {value!r}")
+        return ",".join(names)
 
 
 class HttpSettings(BaseModel):

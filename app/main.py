@@ -30,6 +30,7 @@ from app.health.metrics import Metrics
 from app.health.router import router as health_router
 from app.health.schema import check_schema_at_start, install_schema_error_handler
 from app.jobs.router import router as jobs_router
+from app.keys.scopes import parse_scopes
 from app.keys.service import Authenticator, count_active_keys
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware, StartupErrorMiddleware
@@ -99,7 +100,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     sessionmaker = create_sessionmaker(engine)
     authenticator = Authenticator(
-        [k.get_secret_value() for k in settings.api_keys], sessionmaker, ttl_s=settings.auth.key_cache_ttl_s
+        [k.get_secret_value() for k in settings.api_keys],
+        sessionmaker,
+        ttl_s=settings.auth.key_cache_ttl_s,
+        bootstrap_scopes=parse_scopes(settings.auth.api_keys_scopes.split(",")),
     )
     state.open(engine, sessionmaker, authenticator)
     try:
