@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -155,7 +155,9 @@ class Authenticator:
         ttl_s: float = 5.0,
         max_cached: int = 10_000,
         bootstrap_scopes: frozenset[Scope] = ALL_SCOPES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._clock = clock
         self._bootstrap = [
             (hash_key(k), Principal(f"bootstrap-{i}", f"bootstrap-{i}", bootstrap_scopes))
             for i, k in enumerate(bootstrap_keys)
@@ -183,7 +185,7 @@ class Authenticator:
             if len(self._cache) >= self._max_cached:
                 self._cache.clear()
             self._cache[digest] = (found, now + self._ttl_s)
-        if found is not None and found.expires_at is not None and found.expires_at <= time.time():
+        if found is not None and found.expires_at is not None and found.expires_at <= self._clock():
             return None
         return found
 
