@@ -11,6 +11,7 @@ reads the declaration back for the scope matrix test (tests/test_scopes.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import Depends, Request, params
@@ -78,36 +79,49 @@ async def require_api_key(
 PrincipalDep = Annotated[Principal, Depends(require_api_key)]
 
 
+class AnyKey(StrEnum):
+    """The decision "any valid key, whatever its scopes" (e.g. a key reading its own usage)."""
+
+    any = "any"
+
+
+# What a route declares: the one scope it needs, or explicitly any valid key.
+ScopeDecision = Scope | AnyKey
+ANY_KEY = AnyKey.any
+
+
 class ScopeRequirement:
     """The dependency `require_scope` declares: authenticate, then check the scope."""
 
-    def __init__(self, scope: Scope) -> None:
+    def __init__(self, scope: ScopeDecision) -> None:
         self.scope = scope
 
     async def __call__(self, principal: PrincipalDep) -> Principal:
-        check_scope(principal, self.scope)
+        if isinstance(self.scope, Scope):
+            check_scope(principal, self.scope)
         return principal
 
     def __repr__(self) -> str:
         return f"require_scope({self.scope.value})"
 
 
-def require_scope(scope: Scope) -> params.Depends:
-    """Declare the scope of a route or a router: `dependencies=[require_scope(Scope.admin)]`."""
+def require_scope(scope: ScopeDecision) -> params.Depends:
+    """Declare the scope of a route or a router: `dependencies=[require_scope(Scope.admin)]`,
+    or `require_scope(ANY_KEY)` for a route every valid key may call (a decision, not an omission)."""
     declared: params.Depends = Depends(ScopeRequirement(scope))
     return declared
 
 
-def scope_requirements(dependencies: Sequence[params.Depends]) -> list[Scope]:
+def scope_requirements(dependencies: Sequence[params.Depends]) -> list[ScopeDecision]:
     return [d.dependency.scope for d in dependencies if isinstance(d.dependency, ScopeRequirement)]
 
 
-def declared_scopes(route: Any) -> list[Scope]:
+def declared_scopes(route: Any) -> list[ScopeDecision]:
     """Every scope a served route declares: its (effective, router-level included) dependencies'
     and, for a route class that checks it itself, its `required_scope` attribute."""
     found = scope_requirements(getattr(route, "dependencies", None) or [])
     original = getattr(route, "original_route", route)
     own = getattr(original, "required_scope", None)
-    if isinstance(own, Scope):
+    if isinstance(own, Scope | AnyKey):
         found.append(own)
     return found

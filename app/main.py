@@ -26,6 +26,7 @@ from app.files.source import FILE_SOURCE
 from app.gateway import lifecycle as gateway_lifecycle
 from app.gateway.route import GatewayRoute
 from app.gateway.router import router as gateway_router
+from app.gateway.usage import router as usage_router
 from app.health.metrics import Metrics
 from app.health.router import router as health_router
 from app.health.schema import check_schema_at_start, install_schema_error_handler
@@ -176,6 +177,7 @@ def create_app(settings: Settings, adapters: Sequence[GameAdapter] = GAME_ADAPTE
         for router in adapter.routers:
             app.include_router(router, **protected)
     app.include_router(create_models_router(GatewayRoute))
+    app.include_router(usage_router, **protected)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,

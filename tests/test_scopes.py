@@ -16,7 +16,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.routing import iter_route_contexts
 from starlette.routing import Mount
 
-from app.auth import declared_scopes, require_scope
+from app.auth import ANY_KEY, ScopeDecision, declared_scopes, require_scope
 from app.config import Settings
 from app.gateway.route import GatewayRoute
 from app.keys import service as keys_service
@@ -34,9 +34,9 @@ HOW_TO_DECIDE = (
 )
 
 
-def scope_decisions(app: FastAPI) -> tuple[dict[tuple[str, str], Scope], list[str]]:
-    """(method, template) → the route's one scope, and the routes without exactly one."""
-    decided: dict[tuple[str, str], Scope] = {}
+def scope_decisions(app: FastAPI) -> tuple[dict[tuple[str, str], ScopeDecision], list[str]]:
+    """(method, template) → the route's one scope (or ANY_KEY), and the routes without exactly one."""
+    decided: dict[tuple[str, str], ScopeDecision] = {}
     problems: list[str] = []
     for context in iter_route_contexts(app.routes):
         path = context.path or ""
@@ -60,7 +60,7 @@ def scope_decisions(app: FastAPI) -> tuple[dict[tuple[str, str], Scope], list[st
 def test_every_route_is_public_or_declares_one_scope(app: FastAPI) -> None:
     decided, problems = scope_decisions(app)
     assert problems == []
-    assert set(decided.values()) == set(Scope), "each scope guards some route"
+    assert set(decided.values()) == {*Scope, ANY_KEY}, "each scope guards some route"
 
 
 def test_a_route_without_a_scope_decision_fails_with_what_to_do(app: FastAPI) -> None:
@@ -136,7 +136,7 @@ async def test_each_route_answers_403_insufficient_scope_exactly_to_keys_without
                 body = response.json() if is_json and response.content else {}
                 code = body.get("error", {}).get("code") if isinstance(body, dict) else None
                 label = f"{method} {template} with {'+'.join(sorted(scopes))}"
-                if scope in scopes:
+                if scope is ANY_KEY or scope in scopes:
                     if response.status_code in (401, 403):
                         wrong.append(f"{label}: {response.status_code} {code} but the key has {scope}")
                 elif response.status_code != 403 or code != "insufficient_scope":
@@ -147,7 +147,9 @@ async def test_each_route_answers_403_insufficient_scope_exactly_to_keys_without
 
 
 async def test_api_keys_are_full_access_unless_restricted_by_setting(settings: Settings) -> None:
-    async with running_app(make_settings(settings.database_url, auth={"api_keys_scopes": "inference"})) as app:
+    async with running_app(
+        make_settings(settings.database_url, auth={"api_keys_scopes": "inference"})
+    ) as app:
         async with asgi_client(app) as client:
             metrics = await client.get("/metrics")
             models = await client.get("/v1/models")

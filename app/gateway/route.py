@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from app.auth import ScopeRequirement, authenticate, check_scope, scope_requirements
+from app.auth import ScopeDecision, ScopeRequirement, authenticate, check_scope, scope_requirements
 from app.errors import AppError, error_response
 from app.gateway.proxy import CLIENT_CLOSED_STATUS, ClientClosed, GatewayCall, StreamRelay
 from app.keys.scopes import Scope
@@ -49,7 +49,7 @@ class GatewayRoute(APIRoute):
         scopes = scope_requirements(dependencies)
         if len(scopes) > 1:
             raise ValueError(f"route {path} declares {len(scopes)} scopes; declare exactly one")
-        self.required_scope: Scope | None = scopes[0] if scopes else None
+        self.required_scope: ScopeDecision | None = scopes[0] if scopes else None
         kwargs["dependencies"] = [d for d in dependencies if not isinstance(d.dependency, ScopeRequirement)]
         super().__init__(path, endpoint, **kwargs)
 
@@ -70,7 +70,7 @@ class GatewayRoute(APIRoute):
                 call.key_id = principal.key_id
                 call.principal = principal
                 request.state.principal = principal
-                if required is not None:
+                if isinstance(required, Scope):
                     check_scope(principal, required)
                 if rate_limited and principal.limited and gateway is not None:
                     call.rate_headers = await gateway.limiter.admit(principal)

@@ -32,7 +32,12 @@ def test_a_scoped_limited_expiring_key_is_listed_with_all_it_may_do_but_never_it
     assert key not in line
     fields = line.split("\t")
     assert fields[1] == "agents"
-    assert fields[3:7] == ["active", "scopes=inference,training", "models=babylon-agent:*", "rpm=600 tpm=200000"]
+    assert fields[3:7] == [
+        "active",
+        "scopes=inference,training",
+        "models=babylon-agent:*",
+        "rpm=600 tpm=200000",
+    ]
     assert fields[7].startswith("expires=20")
 
     assert main(["keys", "revoke", "agents"]) == 0

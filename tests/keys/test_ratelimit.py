@@ -4,6 +4,7 @@ admits without the database and refuses with OpenAI's headers."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -17,9 +18,9 @@ from app.keys.service import KeyOptions, Principal
 
 
 @pytest.fixture
-async def engine(settings: Settings) -> AsyncEngine:
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(settings)
-    yield engine  # type: ignore[misc]
+    yield engine
     await engine.dispose()
 
 
