@@ -102,7 +102,7 @@ async def _limited_key(settings: Settings) -> str:
     return created.key
 
 
-async def _wait_for_a_fresh_window(needed_s: float = 12.0) -> None:
+async def _wait_for_a_fresh_window(needed_s: float = 4.0) -> None:
     left = 60 - time.time() % 60
     if left < needed_s:
         await asyncio.sleep(left + 0.2)
