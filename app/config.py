@@ -40,9 +40,10 @@ class AuthSettings(BaseModel):
     key_cache_ttl_s: float = Field(
         5.0, ge=0, description="how long a stored key's check is cached; a revoked key works this long"
     )
-    api_keys_scopes: str = Field(
-        ",".join(SCOPE_NAMES),
-        description="comma-separated scopes of every key in API_KEYS (inference, training, admin); "
+    api_keys_scopes: Annotated[list[Literal["admin", "inference", "training"]], NoDecode] = Field(
+        default_factory=lambda: list(SCOPE_NAMES),
+        min_length=1,
+        description="scopes of every key in API_KEYS, comma-separated (inference, training, admin); "
         "the default is full access",
     )
     rate_lease_fraction: float = Field(
@@ -53,14 +54,12 @@ class AuthSettings(BaseModel):
         "smaller holds the limit closer across replicas, larger makes fewer database round trips",
     )
 
-    @field_validator("api_keys_scopes")
+    @field_validator("api_keys_scopes", mode="before")
     @classmethod
-    def _known_scopes(cls, value: str) -> str:
-        names = [part.strip().lower() for part in value.split(",") if part.strip()]
-        unknown = [n for n in names if n not in SCOPE_NAMES]
-        if unknown or not names:
-            raise ValueError(f"expected one or more of {', '.join(SCOPE_NAMES)}, got {value!r}")
-        return ",".join(names)
+    def _split_scopes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
 
 
 class HttpSettings(BaseModel):

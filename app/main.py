@@ -104,7 +104,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         [k.get_secret_value() for k in settings.api_keys],
         sessionmaker,
         ttl_s=settings.auth.key_cache_ttl_s,
-        bootstrap_scopes=parse_scopes(settings.auth.api_keys_scopes.split(",")),
+        bootstrap_scopes=parse_scopes(settings.auth.api_keys_scopes),
     )
     state.open(engine, sessionmaker, authenticator)
     try:
