@@ -33,14 +33,15 @@ class DatabaseSettings(BaseModel):
 
 
 # The scope names of app/keys/scopes.py (config sits below app/keys and cannot import it).
-SCOPE_NAMES = ("admin", "inference", "training")
+ScopeName = Literal["admin", "inference", "training"]
+SCOPE_NAMES: tuple[ScopeName, ...] = ("admin", "inference", "training")
 
 
 class AuthSettings(BaseModel):
     key_cache_ttl_s: float = Field(
         5.0, ge=0, description="how long a stored key's check is cached; a revoked key works this long"
     )
-    api_keys_scopes: Annotated[list[Literal["admin", "inference", "training"]], NoDecode] = Field(
+    api_keys_scopes: Annotated[list[ScopeName], NoDecode] = Field(
         default_factory=lambda: list(SCOPE_NAMES),
         min_length=1,
         description="scopes of every key in API_KEYS, comma-separated (inference, training, admin); "

@@ -159,7 +159,9 @@ async def test_api_keys_are_full_access_unless_restricted_by_setting(settings: S
 
 
 def test_an_unknown_scope_in_the_setting_is_refused() -> None:
-    with pytest.raises(Exception, match="AUTH__API_KEYS_SCOPES__1: Input should be 'admin', 'inference' or 'training'"):
+    with pytest.raises(
+        Exception, match="AUTH__API_KEYS_SCOPES__1: Input should be 'admin', 'inference' or 'training'"
+    ):
         make_settings("sqlite+aiosqlite:///unused.db", auth={"api_keys_scopes": "inference,root"})
 
 

@@ -60,3 +60,10 @@ def test_scope_names_round_trip_and_unknown_ones_are_refused() -> None:
     assert decode_scopes(encode_scopes(scopes)) == scopes
     with pytest.raises(ValueError, match="unknown scope 'root'"):
         parse_scopes(["root"])
+
+
+def test_the_settings_know_the_same_scopes() -> None:
+    # app/config.py sits below app/keys and repeats the names; they must not drift apart
+    from app.config import SCOPE_NAMES
+
+    assert set(SCOPE_NAMES) == {s.value for s in Scope}
