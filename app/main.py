@@ -24,6 +24,7 @@ from app.errors import error_responses, install_error_handlers
 from app.files.router import router as files_router
 from app.files.source import FILE_SOURCE
 from app.gateway import lifecycle as gateway_lifecycle
+from app.gateway.keys import router as keys_router
 from app.gateway.route import GatewayRoute
 from app.gateway.router import router as gateway_router
 from app.gateway.usage import router as usage_router
@@ -178,6 +179,7 @@ def create_app(settings: Settings, adapters: Sequence[GameAdapter] = GAME_ADAPTE
             app.include_router(router, **protected)
     app.include_router(create_models_router(GatewayRoute))
     app.include_router(usage_router, **protected)
+    app.include_router(keys_router, **protected)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,

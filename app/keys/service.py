@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -18,6 +19,7 @@ from app.errors import NotFound
 from app.ids import new_id
 from app.keys.models import ApiKey
 from app.keys.scopes import ALL_SCOPES, ModelAccess, Scope, check_pattern, decode_scopes, encode_scopes
+from app.pagination import after_row, created_order, cursor_anchor, fetch_page
 
 KEY_PREFIX = "tc-"
 
@@ -106,6 +108,24 @@ async def list_keys(session: AsyncSession) -> list[ApiKey]:
     return list((await session.scalars(sa.select(ApiKey).order_by(ApiKey.created_at))).all())
 
 
+async def list_keys_page(
+    session: AsyncSession, *, after: str | None, limit: int
+) -> tuple[list[ApiKey], bool]:
+    """Keys, oldest first, keyset-paged on (created_at, id)."""
+    query = sa.select(ApiKey)
+    if after is not None:
+        anchor = await cursor_anchor(session, ApiKey, after, what="API key")
+        query = query.where(after_row(ApiKey, anchor, newest_first=False))
+    return await fetch_page(session, query.order_by(*created_order(ApiKey, newest_first=False)), limit)
+
+
+async def get_key(session: AsyncSession, key_id: str) -> ApiKey:
+    row = await session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound(f"no API key with id {key_id!r}", param="key_id", code="key_not_found")
+    return row
+
+
 async def key_names(session: AsyncSession, key_ids: Sequence[str]) -> dict[str, str]:
     if not key_ids:
         return {}
@@ -113,7 +133,7 @@ async def key_names(session: AsyncSession, key_ids: Sequence[str]) -> dict[str, 
     return {row.id: row.name for row in rows}
 
 
-def key_status(row: ApiKey, now: dt.datetime | None = None) -> str:
+def key_status(row: ApiKey, now: dt.datetime | None = None) -> Literal["active", "expired", "revoked"]:
     if row.revoked_at is not None:
         return "revoked"
     if row.expires_at is not None and row.expires_at <= (now or utcnow()):

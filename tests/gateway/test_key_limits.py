@@ -188,3 +188,38 @@ async def test_usage_refuses_an_unbounded_or_reversed_range(app: FastAPI) -> Non
     assert too_long.status_code == 400
     assert "at most 93 days" in too_long.json()["error"]["message"]
     assert reversed_.status_code == 400
+
+
+async def test_an_admin_creates_lists_and_revokes_keys_over_the_api(app: FastAPI) -> None:
+    async with asgi_client(app) as admin:
+        created = await admin.post(
+            "/v1/keys",
+            json={"name": "agents", "scopes": ["inference"], "models": ["babylon-agent:*"], "rpm": 100},
+        )
+        assert created.status_code == 200, created.text
+        body = created.json()
+        key = body["key"]
+        assert (body["status"], body["scopes"], body["models"], body["rpm"]) == (
+            "active",
+            ["inference"],
+            ["babylon-agent:*"],
+            100,
+        )
+        sdk = sdk_for(app, key)
+        raw = await sdk.chat.completions.with_raw_response.create(model="babylon-agent", messages=MESSAGES)
+        assert raw.headers["x-ratelimit-limit-requests"] == "100"
+
+        listed = await admin.get("/v1/keys")
+        assert key not in listed.text
+        assert [k["name"] for k in listed.json()["data"]] == ["agents"]
+
+        revoked = await admin.delete(f"/v1/keys/{body['id']}")
+        assert revoked.json()["status"] == "revoked"
+        with pytest.raises(openai.AuthenticationError):  # at once in this process
+            await sdk.chat.completions.create(model="babylon-agent", messages=MESSAGES)
+        await sdk.close()
+
+        unknown_scope = await admin.post("/v1/keys", json={"name": "x", "scopes": ["root"]})
+        assert unknown_scope.status_code == 422
+        missing = await admin.delete("/v1/keys/key-nope")
+        assert missing.json()["error"]["code"] == "key_not_found"
