@@ -42,7 +42,10 @@ def scope_decisions(app: FastAPI) -> tuple[dict[tuple[str, str], ScopeDecision],
         path = context.path or ""
         if isinstance(context.original_route, Mount):
             if not _is_public("GET", path):
-                problems.append(f"mount {path}: mounted apps cannot declare a scope; serve it from a route")
+                problems.append(
+                    f"mount {path}: a mounted app cannot declare a scope; serve it from routes that "
+                    "declare one, or, if it is public, add it to PUBLIC_MOUNTS in tests/test_auth.py"
+                )
             continue
         for method in sorted(context.methods or {"GET"}):
             if _is_public(method, path):

@@ -64,6 +64,9 @@ class Resource(StrEnum):
 _GRANTED = {Resource.requests: RateWindow.requests_granted, Resource.tokens: RateWindow.tokens_granted}
 _LAST = {Resource.requests: RateWindow.last_requests_grant, Resource.tokens: RateWindow.last_tokens_grant}
 _TABLE: sa.Table = RateWindow.__table__  # type: ignore[assignment]
+_LIMIT_HEADER = {r: f"x-ratelimit-limit-{r.value}".encode() for r in Resource}
+_REMAINING_HEADER = {r: f"x-ratelimit-remaining-{r.value}".encode() for r in Resource}
+_RESET_HEADER = {r: f"x-ratelimit-reset-{r.value}".encode() for r in Resource}
 
 
 @dataclass(slots=True)
@@ -157,7 +160,7 @@ class RateLimiter:
         if budget.tokens is not None:
             budget.tokens.local = debt  # tokens charged after the window they were admitted in
         budget.limits = [
-            (f"x-ratelimit-limit-{r.value}".encode(), b"%d" % pool.limit)
+            (_LIMIT_HEADER[r], b"%d" % pool.limit)
             for r, pool in ((Resource.requests, budget.requests), (Resource.tokens, budget.tokens))
             if pool is not None
         ]
@@ -175,8 +178,8 @@ class RateLimiter:
         for resource, pool in ((Resource.requests, budget.requests), (Resource.tokens, budget.tokens)):
             if pool is not None:
                 remaining = max(0, pool.limit - pool.granted_total + max(0, pool.local))
-                headers.append((f"x-ratelimit-remaining-{resource.value}".encode(), b"%d" % remaining))
-                headers.append((f"x-ratelimit-reset-{resource.value}".encode(), reset))
+                headers.append((_REMAINING_HEADER[resource], b"%d" % remaining))
+                headers.append((_RESET_HEADER[resource], reset))
         return headers
 
     def _refusal(self, resource: Resource, budget: _Budget, now: float) -> RateLimited:

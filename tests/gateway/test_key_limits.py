@@ -101,12 +101,20 @@ async def test_over_its_requests_per_minute_a_key_gets_rate_limit_error_with_ope
 
 
 async def test_over_its_tokens_per_minute_a_key_is_refused_after_the_answer_that_crossed_it(
-    app: FastAPI,
+    app: FastAPI, recording_upstream: RecordingUpstream
 ) -> None:
     key = await _key(app, "thrifty", tpm=15)  # each answer costs 11 tokens (recording upstream)
     sdk = sdk_for(app, key)
     await sdk.chat.completions.create(model=BASE_MODEL, messages=MESSAGES)
-    await sdk.chat.completions.create(model=BASE_MODEL, messages=MESSAGES)  # 4 left: admitted
+    # 4 left: admitted; a stream's tokens are charged from its usage chunk when it ends
+    usage = {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
+    recording_upstream.reply = Reply(
+        events=[chunk({"content": "hi"}, "stop"), {**chunk({}), "choices": [], "usage": usage}]
+    )
+    stream = await sdk.chat.completions.create(
+        model=BASE_MODEL, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+    )
+    _ = [c async for c in stream]
     with pytest.raises(openai.RateLimitError) as limited:
         await sdk.chat.completions.create(model=BASE_MODEL, messages=MESSAGES)
     assert limited.value.type == "tokens"
