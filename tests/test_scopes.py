@@ -213,3 +213,19 @@ async def test_scope_matrix_covers_routes_mounted_after_start(app: FastAPI) -> N
     async with asgi_client(app, api_key=keys[frozenset({Scope.inference})]) as client:
         response: httpx.Response = await client.post("/v1/late/x1/run")
     assert response.status_code == 403
+
+
+def test_a_route_with_two_scope_declarations_is_refused(app: FastAPI) -> None:
+    twice = APIRouter(dependencies=[require_scope(Scope.training)])
+
+    @twice.delete("/v1/twice/{item_id}", dependencies=[require_scope(Scope.admin)])
+    async def twice_declared(item_id: str) -> dict[str, str]:
+        return {"id": item_id}
+
+    app.include_router(twice)
+    _, problems = scope_decisions(app)
+    assert problems == ["DELETE /v1/twice/{item_id} declares 2 scopes; declare exactly one"]
+
+    gateway = APIRouter(route_class=GatewayRoute, dependencies=[require_scope(Scope.training)])
+    with pytest.raises(ValueError, match="declares 2 scopes; declare exactly one"):
+        gateway.add_api_route("/v1/g", twice_declared, dependencies=[require_scope(Scope.admin)])
