@@ -32,6 +32,11 @@ class DatabaseSettings(BaseModel):
     migrate_lock_timeout_s: float = Field(300.0, gt=0, description="max wait for another process's migration")
 
 
+# The scope names of app/keys/scopes.py (config sits below app/keys and cannot import it).
+ScopeName = Literal["admin", "inference", "training"]
+SCOPE_NAMES: tuple[ScopeName, ...] = ("admin", "inference", "training")
+
+
 class AuthSettings(BaseModel):
     key_cache_ttl_s: float = Field(
         5.0, ge=0, description="how long a stored key's check is cached; a revoked key works this long"
@@ -41,6 +46,26 @@ class AuthSettings(BaseModel):
         gt=0,
         description="how long a dashboard login lasts (its key's revocation ends it sooner)",
     )
+    api_keys_scopes: Annotated[list[ScopeName], NoDecode] = Field(
+        default_factory=lambda: list(SCOPE_NAMES),
+        min_length=1,
+        description="scopes of every key in API_KEYS, comma-separated (inference, training, admin); "
+        "the default is full access",
+    )
+    rate_lease_fraction: float = Field(
+        0.1,
+        gt=0,
+        le=1,
+        description="share of a key's per-minute limit one replica leases from the database at a time; "
+        "smaller holds the limit closer across replicas, larger makes fewer database round trips",
+    )
+
+    @field_validator("api_keys_scopes", mode="before")
+    @classmethod
+    def _split_scopes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
 
 
 class HttpSettings(BaseModel):

@@ -73,6 +73,13 @@ OPENAPI_TAGS: list[dict[str, Any]] = [
         "with logprobs for training; `/v1/models` lists what can be served and moves aliases.",
     },
     {
+        "name": "keys",
+        "description": "Stored API keys (admin scope): list, create (the value is shown once) and revoke. "
+        "A key holds scopes (`inference`, `training`, `admin`), optional model patterns (`babylon-agent:*`), "
+        "requests/tokens-per-minute limits and an expiry. `GET /v1/usage` (tagged inference) reports each "
+        "key's requests, errors and tokens per model and day.",
+    },
+    {
         "name": "babylon",
         "description": "The game's trigger `POST /train` (the contract of its old Python worker): trains a "
         "`training_batches` row and hands the result back to the game's tables.",

@@ -91,6 +91,21 @@ class Unauthorized(AppError):
     status_code, type, default_code = 401, "authentication_error", "invalid_api_key"
 
 
+class Forbidden(AppError):
+    """The key is valid but may not do this. OpenAI answers a restricted key's missing scope
+    with "You have insufficient permissions for this operation. Missing scopes: …" and
+    `invalid_request_error` (its SDK raises PermissionDeniedError for 403)."""
+
+    status_code, type, default_code = 403, "invalid_request_error", "insufficient_scope"
+
+
+class RateLimited(AppError):
+    """Over a key's limit. OpenAI's own 429s carry `type` "requests" or "tokens" (the limit that
+    was hit) and `code` rate_limit_exceeded; the SDK raises RateLimitError."""
+
+    status_code, type, default_code = 429, "requests", "rate_limit_exceeded"
+
+
 class NotFound(AppError):
     status_code, type, default_code = 404, "invalid_request_error", "not_found"
 
@@ -174,6 +189,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "Invalid request",
         401: "Missing or invalid API key",
+        403: "The key lacks the scope the route needs (`insufficient_scope`)",
         404: "Not found",
         405: "Method not allowed",
         409: "Conflict with the current state",

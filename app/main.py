@@ -25,12 +25,15 @@ from app.errors import error_responses, install_error_handlers
 from app.files.router import router as files_router
 from app.files.source import FILE_SOURCE
 from app.gateway import lifecycle as gateway_lifecycle
+from app.gateway.keys import router as keys_router
 from app.gateway.route import GatewayRoute
 from app.gateway.router import router as gateway_router
+from app.gateway.usage import router as usage_router
 from app.health.metrics import Metrics
 from app.health.router import router as health_router
 from app.health.schema import check_schema_at_start, install_schema_error_handler
 from app.jobs.router import router as jobs_router
+from app.keys.scopes import parse_scopes
 from app.keys.service import Authenticator, count_active_keys
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware, StartupErrorMiddleware
@@ -100,7 +103,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise
     sessionmaker = create_sessionmaker(engine)
     authenticator = Authenticator(
-        [k.get_secret_value() for k in settings.api_keys], sessionmaker, ttl_s=settings.auth.key_cache_ttl_s
+        [k.get_secret_value() for k in settings.api_keys],
+        sessionmaker,
+        ttl_s=settings.auth.key_cache_ttl_s,
+        bootstrap_scopes=parse_scopes(settings.auth.api_keys_scopes),
     )
     state.open(engine, sessionmaker, authenticator)
     try:
@@ -175,6 +181,8 @@ def create_app(settings: Settings, adapters: Sequence[GameAdapter] = GAME_ADAPTE
         for router in adapter.routers:
             app.include_router(router, **protected)
     app.include_router(create_models_router(GatewayRoute))
+    app.include_router(usage_router, **protected)
+    app.include_router(keys_router, **protected)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,

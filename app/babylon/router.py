@@ -9,15 +9,17 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import IntegrityError
 
+from app.auth import require_scope
 from app.babylon import handoff
 from app.babylon.batches import babylon_url, job_for_batch, start_batch_training
 from app.deps import SessionDep, SettingsDep
 from app.errors import error_responses
 from app.jobs.models import FineTuningJob
+from app.keys.scopes import Scope
 from app.state import app_state
 
 logger = logging.getLogger(__name__)
-router = APIRouter(tags=["babylon"])
+router = APIRouter(tags=["babylon"], dependencies=[require_scope(Scope.training)])
 
 
 class TrainRequest(BaseModel):

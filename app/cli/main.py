@@ -124,6 +124,30 @@ def build_parser() -> argparse.ArgumentParser:
         settings=DATABASE_SETTINGS,
     )
     create.add_argument("name")
+    create.add_argument(
+        "--scope",
+        dest="scopes",
+        action="append",
+        choices=["inference", "training", "admin"],
+        help="what the key may do; repeat for several (inference: chat and models; training: /train, "
+        "files, datasets, trajectories, scores, jobs; admin: keys, aliases, deletes, metrics, all usage) "
+        "[default: all three]",
+    )
+    create.add_argument(
+        "--models",
+        dest="models",
+        action="append",
+        metavar="PATTERN",
+        help="glob of the models the key may call, e.g. 'babylon-agent:*'; repeat or comma-separate "
+        "[default: every model]",
+    )
+    create.add_argument("--rpm", type=int, help="requests per minute on chat completions [default: no limit]")
+    create.add_argument("--tpm", type=int, help="tokens per minute on chat completions [default: no limit]")
+    create.add_argument(
+        "--expires-in",
+        metavar="DURATION",
+        help="lifetime such as 30d, 12h, 45m or 90s; the key stops working then [default: never]",
+    )
     revoke = subcommand(
         keys_sub,
         "revoke",
@@ -135,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     subcommand(
         keys_sub,
         "list",
-        help="list keys (never their values)",
+        help="list keys: scopes, models, limits, expiry and state (never their values)",
         exit_codes=(E.OK, E.FAILURE, E.SCHEMA),
         settings=DATABASE_SETTINGS,
     )

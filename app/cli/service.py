@@ -12,6 +12,7 @@ import asyncio
 import os
 import socket
 import sys
+from typing import Any
 
 from app.cli.exit_codes import ExitCode
 from app.config import NO_API_KEY_MESSAGE, ConfigError, Settings, load_settings
@@ -166,6 +167,69 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """`30d`, `12h`, `45m`, `90s`, `2w` → seconds; Refusal naming the form otherwise."""
+    value = text.strip().lower()
+    unit = _DURATION.get(value[-1:]) if value else None
+    number = value[:-1]
+    if unit is None or not number.isdigit() or int(number) <= 0:
+        raise Refusal(
+            f"keys create: --expires-in {text!r} is not a duration; use a number and s, m, h, d or w (30d)",
+            ExitCode.FAILURE,
+        )
+    return int(number) * unit
+
+
+def key_options(args: argparse.Namespace) -> Any:
+    """The `keys create` options as app.keys.service.KeyOptions; Refusal for a bad one."""
+    import datetime as dt
+
+    from app.keys.scopes import ALL_SCOPES, parse_scopes
+    from app.keys.service import KeyOptions
+
+    models = None
+    if args.models is not None:
+        models = tuple(p.strip() for value in args.models for p in value.split(",") if p.strip())
+    expires_at = None
+    if args.expires_in is not None:
+        expires_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=parse_duration(args.expires_in))
+    try:
+        return KeyOptions(
+            scopes=parse_scopes(args.scopes) if args.scopes else ALL_SCOPES,
+            models=models,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            expires_at=expires_at,
+        )
+    except ValueError as exc:
+        raise Refusal(f"keys create: {exc}", ExitCode.FAILURE) from None
+
+
+def describe_key(row: Any) -> str:
+    """One `keys list` line: id, name, prefix, state, scopes, models, limits, expiry, created."""
+    from app.keys.service import key_status
+
+    models = ",".join(row.models) if row.models is not None else "*"
+    limits = f"rpm={row.rpm or '-'} tpm={row.tpm or '-'}"
+    expires = row.expires_at.isoformat() if row.expires_at is not None else "never"
+    return "\t".join(
+        [
+            row.id,
+            row.name,
+            f"{row.prefix}…",
+            key_status(row),
+            f"scopes={row.scopes}",
+            f"models={models}",
+            limits,
+            f"expires={expires}",
+            row.created_at.isoformat(),
+        ]
+    )
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from app.db import create_engine, create_sessionmaker
     from app.errors import NotFound
@@ -173,13 +237,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
     settings = load_cli_settings()
     configure_logging("WARNING", settings.log_format)
+    options = key_options(args) if args.keys_command == "create" else None
 
     async def run() -> int:
         engine = create_engine(settings, pool=False)
         try:
             async with create_sessionmaker(engine)() as session:
                 if args.keys_command == "create":
-                    created = await service.create_key(session, args.name)
+                    created = await service.create_key(session, args.name, options)
                     await session.commit()
                     print(created.key)
                     print(
@@ -196,8 +261,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
                         print(f"revoked {row.id} ({row.name})")
                 else:
                     for row in await service.list_keys(session):
-                        state = "revoked" if row.revoked_at else "active"
-                        print(f"{row.id}\t{row.name}\t{row.prefix}…\t{state}\t{row.created_at.isoformat()}")
+                        print(describe_key(row))
         finally:
             await engine.dispose()
         return ExitCode.OK

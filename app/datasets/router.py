@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
+from app.auth import require_scope
 from app.datasets import service, sources
 from app.datasets.schemas import (
     GROUP_PREFIX,
@@ -18,10 +19,11 @@ from app.datasets.schemas import (
 from app.datasets.tasks import wait_for_build
 from app.deps import SessionDep, SettingsDep
 from app.errors import Unprocessable, error_responses
+from app.keys.scopes import Scope
 from app.pagination import ListPage, numbered_cursor
 from app.state import app_state
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], dependencies=[require_scope(Scope.training)])
 
 Limit = Annotated[int, Query(ge=1, le=100)]
 

@@ -7,19 +7,25 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
 
+from app.auth import require_scope
 from app.deps import SessionDep
 from app.errors import BadRequest, error_responses
 from app.files import service
 from app.files.format import TRAINING_FILE_FORMAT
 from app.files.schemas import FileDeleted, FileObject
+from app.keys.scopes import Scope
 from app.pagination import ListPage
 from app.state import app_state
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
+# Uploading and reading are training; deleting is admin (app/keys/scopes.py).
+TRAINING = [require_scope(Scope.training)]
+ADMIN = [require_scope(Scope.admin)]
 
 
 @router.post(
     "",
+    dependencies=TRAINING,
     response_model=FileObject,
     responses=error_responses(400, 413),
     description="Upload a JSONL of trajectory groups (`purpose=fine-tune`). A malformed file is "
@@ -45,7 +51,7 @@ async def create_file(
     return FileObject.from_row(row)
 
 
-@router.get("", response_model=ListPage[FileObject], responses=error_responses(400))
+@router.get("", dependencies=TRAINING, response_model=ListPage[FileObject], responses=error_responses(400))
 async def list_files(
     session: SessionDep,
     purpose: Annotated[str | None, Query(max_length=32)] = None,
@@ -58,12 +64,12 @@ async def list_files(
     return ListPage.of(data, has_more)
 
 
-@router.get("/{file_id}", response_model=FileObject, responses=error_responses(404))
+@router.get("/{file_id}", dependencies=TRAINING, response_model=FileObject, responses=error_responses(404))
 async def retrieve_file(file_id: str, session: SessionDep) -> FileObject:
     return FileObject.from_row(await service.get_file(session, file_id))
 
 
-@router.delete("/{file_id}", response_model=FileDeleted, responses=error_responses(404))
+@router.delete("/{file_id}", dependencies=ADMIN, response_model=FileDeleted, responses=error_responses(404))
 async def delete_file(file_id: str, session: SessionDep) -> FileDeleted:
     """Deletes the file and the dataset made from it."""
     await service.delete_file(session, file_id)
@@ -71,7 +77,7 @@ async def delete_file(file_id: str, session: SessionDep) -> FileDeleted:
     return FileDeleted(id=file_id)
 
 
-@router.get("/{file_id}/content", responses=error_responses(404))
+@router.get("/{file_id}/content", dependencies=TRAINING, responses=error_responses(404))
 async def file_content(file_id: str, request: Request, session: SessionDep) -> StreamingResponse:
     """The file's bytes, exactly as they were uploaded."""
     await service.get_file(session, file_id)

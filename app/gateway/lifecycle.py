@@ -16,6 +16,7 @@ from app.gateway.models import CapturedCompletion, GatewayRequest
 from app.gateway.proxy import Gateway
 from app.gateway.upstream import UpstreamClient
 from app.gateway.writer import BatchWriter, sweep_request_log
+from app.keys.ratelimit import RateLimiter
 from app.outbound import Outbound
 from app.registry.resolution import ModelResolver
 from app.state import app_state
@@ -58,7 +59,8 @@ async def startup(app: FastAPI) -> None:
     captures.start()
     if request_log is not None:
         request_log.start()
-    app_state(app).gateway = Gateway(settings, upstream, resolver, metrics, captures, request_log)
+    limiter = RateLimiter(engine, lease_fraction=settings.auth.rate_lease_fraction)
+    app_state(app).gateway = Gateway(settings, upstream, resolver, metrics, captures, request_log, limiter)
     app_state(app).gateway_retention = (
         asyncio.create_task(_retention_loop(app), name="gateway-retention")
         if cfg.request_log and cfg.request_log_retention_days > 0
@@ -135,4 +137,5 @@ async def shutdown(app: FastAPI) -> None:
     if gateway.request_log is not None:
         await gateway.request_log.stop()
     await gateway.upstream.aclose()
+    await gateway.limiter.aclose()
     app_state(app).gateway = None

@@ -50,6 +50,23 @@ class GatewayMetrics:
             "Chat completions abandoned by the client (the upstream request was cancelled).",
             registry=registry,
         )
+        # Per API key (its name, never the secret): what `GET /v1/usage` reports, as counters.
+        self.key_requests = Counter(
+            "gateway_key_requests_total", "Chat completions by API key name.", ["key"], registry=registry
+        )
+        self.key_errors = Counter(
+            "gateway_key_errors_total",
+            "Chat completions that ended in an error (status >= 400), by API key name.",
+            ["key"],
+            registry=registry,
+        )
+        self.key_tokens = Counter(
+            "gateway_key_tokens_total",
+            "Tokens reported by the upstream, by API key name and kind (prompt, completion).",
+            ["key", "kind"],
+            registry=registry,
+        )
+        self._per_key: dict[str, tuple[Counter, Counter, Counter, Counter]] = {}
         self.writer = WriterMetrics(registry)
         # children resolved once: labels() costs a dict lookup and a lock per call
         self.overhead_stream = self.overhead.labels("true")
@@ -58,3 +75,23 @@ class GatewayMetrics:
         self.upstream_plain = self.upstream.labels("false")
         self.prompt_tokens = self.tokens.labels("prompt")
         self.completion_tokens = self.tokens.labels("completion")
+
+    def count_key(self, key: str, prompt: int | None, completion: int | None, error: bool) -> None:
+        children = self._per_key.get(key)
+        if children is None:
+            if len(self._per_key) >= 10_000:  # label children are cached, never unbounded
+                self._per_key.clear()
+            children = (
+                self.key_requests.labels(key),
+                self.key_errors.labels(key),
+                self.key_tokens.labels(key, "prompt"),
+                self.key_tokens.labels(key, "completion"),
+            )
+            self._per_key[key] = children
+        children[0].inc()
+        if error:
+            children[1].inc()
+        if prompt:
+            children[2].inc(prompt)
+        if completion:
+            children[3].inc(completion)

@@ -43,8 +43,10 @@ from app.gateway.upstream_errors import (
     relayed_headers,
 )
 from app.gateway.writer import BatchWriter
+from app.keys.ratelimit import RateLimiter
+from app.keys.service import Principal
 from app.logs import current_request_id
-from app.registry.resolution import ModelResolver, Resolution, base_model_upstream_name
+from app.registry.resolution import ModelResolver, Resolution, base_model_upstream_name, check_access
 from app.registry.service import model_not_found
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,8 @@ class GatewayCall:
     start: float
     route: str
     key_id: str | None = None
+    principal: Principal | None = None
+    rate_headers: list[tuple[bytes, bytes]] | None = None  # x-ratelimit-* of a limited key
     model_requested: str | None = None
     model_served: str | None = None
     fallback: bool = False
@@ -88,6 +92,8 @@ class GatewayCall:
             headers.append((SERVED_MODEL_HEADER, self.model_served.encode("utf-8", "replace")))
         if self.fallback:
             headers.append((FALLBACK_HEADER, b"base_model"))
+        if self.rate_headers:
+            headers.extend(self.rate_headers)
         return headers
 
     def take_usage(self, usage: Any) -> None:
@@ -142,8 +148,10 @@ class Gateway:
         metrics: GatewayMetrics,
         captures: BatchWriter,
         request_log: BatchWriter | None,
+        limiter: RateLimiter,
     ) -> None:
         self.settings = settings
+        self.limiter = limiter
         self.inference = settings.inference
         self.upstream = upstream
         self.resolver = resolver
@@ -175,6 +183,12 @@ class Gateway:
             self.metrics.completion_tokens.inc(call.completion_tokens)
         if call.error_code is not None and status >= 500:
             self.metrics.upstream_errors.labels(call.error_code).inc()
+        principal = call.principal
+        if principal is not None:
+            tokens = (call.prompt_tokens or 0) + (call.completion_tokens or 0)
+            if principal.tpm is not None:
+                self.limiter.charge(principal, tokens)
+            self.metrics.count_key(principal.name, call.prompt_tokens, call.completion_tokens, status >= 400)
         if self.request_log is None:
             return
         self.request_log.put(
@@ -205,6 +219,8 @@ class Gateway:
         if plan.capture is not None:
             call.trajectory_id = plan.capture.trajectory_id
         resolution = await self.resolver.resolve(model)
+        if call.principal is not None:
+            check_access(call.principal.models, resolution)
         served = resolution.upstream_model
         if resolution.deleted:
             if not (resolution.fallback and resolution.base_model):

@@ -1,9 +1,14 @@
-"""The route class of every gateway route: auth, errors, overhead header, request log.
+"""The route class of every gateway route: auth, scope, rate limit, errors, overhead header,
+request log.
 
 Auth runs here rather than as a router dependency: the proxy's hot path skips a round of
 FastAPI dependency solving, and a 401 passes through this wrapper like every other answer, so
 it carries `x-gateway-overhead-ms` too. The routes still declare the Bearer scheme in OpenAPI
 (`openapi_extra`), so /docs shows the lock.
+
+A gateway route declares its scope as every route does, `dependencies=[require_scope(…)]`
+(app/auth.py); this class takes that declaration out of the dependencies (so none is solved)
+and checks it after authenticating.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from fastapi.routing import APIRoute
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from app.auth import authenticate
+from app.auth import ScopeDecision, ScopeRequirement, authenticate, check_scope, scope_requirements
 from app.errors import AppError, error_response
 from app.gateway.proxy import CLIENT_CLOSED_STATUS, ClientClosed, GatewayCall, StreamRelay
+from app.keys.scopes import Scope
 from app.state import app_state
 
 CALL_SCOPE_KEY = "gateway.call"
@@ -35,11 +41,24 @@ class GatewayRoute(APIRoute):
 
     # Set on routes whose requests go into the request log (the chat completions).
     log_route: str | None = None
+    # Routes that cost money: the key's requests/tokens-per-minute limits apply (app/keys/ratelimit.py).
+    rate_limited: bool = False
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        dependencies = list(kwargs.pop("dependencies", None) or [])
+        scopes = scope_requirements(dependencies)
+        if len(scopes) > 1:
+            raise ValueError(f"route {path} declares {len(scopes)} scopes; declare exactly one")
+        self.required_scope: ScopeDecision | None = scopes[0] if scopes else None
+        kwargs["dependencies"] = [d for d in dependencies if not isinstance(d.dependency, ScopeRequirement)]
+        super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         original = super().get_route_handler()
         log_route = self.log_route
         endpoint = self._direct_endpoint()
+        required = self.required_scope
+        rate_limited = self.rate_limited
 
         async def handler(request: Request) -> Response:
             call = GatewayCall(start=time.perf_counter(), route=log_route or self.name)
@@ -49,7 +68,12 @@ class GatewayRoute(APIRoute):
             try:
                 principal = await authenticate(state.authenticator, request.headers.get("authorization"))
                 call.key_id = principal.key_id
+                call.principal = principal
                 request.state.principal = principal
+                if isinstance(required, Scope):
+                    check_scope(principal, required)
+                if rate_limited and principal.limited and gateway is not None:
+                    call.rate_headers = await gateway.limiter.admit(principal)
                 response = await (endpoint(request) if endpoint is not None else original(request))
             except AppError as exc:
                 if call.error_code is None:
@@ -115,3 +139,4 @@ class LoggedGatewayRoute(GatewayRoute):
     """A gateway route whose requests go into the request log."""
 
     log_route = "chat.completions"
+    rate_limited = True

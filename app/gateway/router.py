@@ -12,10 +12,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.auth import BEARER_SECURITY
+from app.auth import BEARER_SECURITY, require_scope
 from app.errors import error_responses
 from app.gateway.route import GatewayRoute, LoggedGatewayRoute, gateway_call
 from app.gateway.schemas import CHAT_REQUEST_SCHEMA
+from app.keys.scopes import Scope
 from app.state import app_state
 
 router = APIRouter(tags=["inference"], route_class=GatewayRoute)
@@ -39,8 +40,9 @@ router.add_api_route(
     methods=["POST"],
     summary="Create a chat completion",
     name="chat_completions",
+    dependencies=[require_scope(Scope.inference)],
     route_class_override=LoggedGatewayRoute,
-    responses=error_responses(400, 401, 402, 404, 413, 429, 502, 503, 504),
+    responses=error_responses(400, 401, 402, 403, 404, 413, 429, 502, 503, 504),
     openapi_extra={
         **BEARER_SECURITY,
         "requestBody": {"required": True, "content": {"application/json": {"schema": CHAT_REQUEST_SCHEMA}}},

@@ -6,13 +6,14 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from app.auth import require_api_key
+from app.auth import require_scope
 from app.errors import error_responses
 from app.health.schema import SchemaState, read_schema_state
+from app.keys.scopes import Scope
 from app.queue import workers as registry
 from app.state import NotStarted, app_state
 
@@ -115,8 +116,8 @@ async def readyz(request: Request) -> JSONResponse:
 @router.get(
     "/metrics",
     summary="Prometheus metrics",
-    dependencies=[Depends(require_api_key)],
-    responses=error_responses(401),
+    dependencies=[require_scope(Scope.admin)],
+    responses=error_responses(401, 403),
     response_class=Response,
 )
 async def metrics(request: Request) -> Response:

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
 
+from app.auth import require_scope
 from app.deps import SessionDep, SettingsDep
 from app.errors import BadRequest, error_responses
 from app.jobs import service
@@ -21,9 +22,12 @@ from app.jobs.schemas import (
     event_object,
     job_object,
 )
+from app.keys.scopes import Scope
 from app.state import app_state
 
-router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"])
+router = APIRouter(
+    prefix="/v1/fine_tuning", tags=["fine-tuning"], dependencies=[require_scope(Scope.training)]
+)
 
 METADATA_FILTER = re.compile(r"^metadata\[(.+)\]$")
 Limit = Annotated[int, Query(ge=1, le=100)]

@@ -1,12 +1,15 @@
-"""API keys: creation (shown once), revocation, and verification of Bearer tokens."""
+"""API keys: creation (shown once), revocation, expiry, and verification of Bearer tokens."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -15,6 +18,8 @@ from app.db import utcnow
 from app.errors import NotFound
 from app.ids import new_id
 from app.keys.models import ApiKey
+from app.keys.scopes import ALL_SCOPES, ModelAccess, Scope, check_pattern, decode_scopes, encode_scopes
+from app.pagination import after_row, created_order, cursor_anchor, fetch_page
 
 KEY_PREFIX = "tc-"
 
@@ -24,19 +29,54 @@ def hash_key(key: str) -> str:
 
 
 @dataclass(frozen=True)
+class KeyOptions:
+    """What a new key may do. The defaults are a full-access key without limits."""
+
+    scopes: frozenset[Scope] = ALL_SCOPES
+    models: tuple[str, ...] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    expires_at: dt.datetime | None = None
+
+    def __post_init__(self) -> None:
+        if not self.scopes:
+            raise ValueError("a key needs at least one scope")
+        for name, value in (("rpm", self.rpm), ("tpm", self.tpm)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {value}")
+        if self.models is not None:
+            object.__setattr__(self, "models", tuple(check_pattern(p) for p in self.models))
+
+
+@dataclass(frozen=True)
 class CreatedKey:
     id: str
     name: str
     key: str
 
 
-async def create_key(session: AsyncSession, name: str) -> CreatedKey:
+async def create_key(session: AsyncSession, name: str, options: KeyOptions | None = None) -> CreatedKey:
     """Store a new key's hash and return the key itself, which is never stored."""
+    options = options or KeyOptions()
     key = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(id=new_id("key"), name=name, prefix=key[:10], key_hash=hash_key(key))
+    row = ApiKey(
+        id=new_id("key"),
+        name=name,
+        prefix=key[:10],
+        key_hash=hash_key(key),
+        scopes=encode_scopes(options.scopes),
+        models=list(options.models) if options.models is not None else None,
+        rpm=options.rpm,
+        tpm=options.tpm,
+        expires_at=options.expires_at,
+    )
     session.add(row)
     await session.flush()
     return CreatedKey(id=row.id, name=name, key=key)
+
+
+def _usable(now: dt.datetime) -> sa.ColumnElement[bool]:
+    return sa.and_(ApiKey.revoked_at.is_(None), sa.or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now))
 
 
 async def revoke_key(session: AsyncSession, key_id_or_name: str) -> list[ApiKey]:
@@ -59,9 +99,8 @@ async def revoke_key(session: AsyncSession, key_id_or_name: str) -> list[ApiKey]
 
 
 async def count_active_keys(session: AsyncSession) -> int:
-    count = await session.scalar(
-        sa.select(sa.func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
-    )
+    """Keys that can authenticate now (neither revoked nor expired)."""
+    count = await session.scalar(sa.select(sa.func.count()).select_from(ApiKey).where(_usable(utcnow())))
     return int(count or 0)
 
 
@@ -69,18 +108,63 @@ async def list_keys(session: AsyncSession) -> list[ApiKey]:
     return list((await session.scalars(sa.select(ApiKey).order_by(ApiKey.created_at))).all())
 
 
-@dataclass(frozen=True)
+async def list_keys_page(
+    session: AsyncSession, *, after: str | None, limit: int
+) -> tuple[list[ApiKey], bool]:
+    """Keys, oldest first, keyset-paged on (created_at, id)."""
+    query = sa.select(ApiKey)
+    if after is not None:
+        anchor = await cursor_anchor(session, ApiKey, after, what="API key")
+        query = query.where(after_row(ApiKey, anchor, newest_first=False))
+    return await fetch_page(session, query.order_by(*created_order(ApiKey, newest_first=False)), limit)
+
+
+async def get_key(session: AsyncSession, key_id: str) -> ApiKey:
+    row = await session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound(f"no API key with id {key_id!r}", param="key_id", code="key_not_found")
+    return row
+
+
+async def key_names(session: AsyncSession, key_ids: Sequence[str]) -> dict[str, str]:
+    if not key_ids:
+        return {}
+    rows = await session.execute(sa.select(ApiKey.id, ApiKey.name).where(ApiKey.id.in_(list(key_ids))))
+    return {row.id: row.name for row in rows}
+
+
+def key_status(row: ApiKey, now: dt.datetime | None = None) -> Literal["active", "expired", "revoked"]:
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.expires_at is not None and row.expires_at <= (now or utcnow()):
+        return "expired"
+    return "active"
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
-    """Who made a request: a stored key's id, or `bootstrap-<n>` for a key from API_KEYS."""
+    """Who made a request and what it may do: a stored key, or `bootstrap-<n>` for a key from
+    API_KEYS. `expires_at` is Unix seconds (None: never)."""
 
     key_id: str
+    name: str = ""
+    scopes: frozenset[Scope] = ALL_SCOPES
+    models: ModelAccess = field(default_factory=ModelAccess)
+    rpm: int | None = None
+    tpm: int | None = None
+    expires_at: float | None = None
+
+    @property
+    def limited(self) -> bool:
+        return self.rpm is not None or self.tpm is not None
 
 
 class Authenticator:
     """Verifies Bearer tokens against API_KEYS and stored keys.
 
     Stored keys are cached for `ttl_s` seconds so the inference proxy's hot path does not
-    query the database per request; a revoked key stops working within that time.
+    query the database per request; a revoked key stops working within that time, an expired
+    one at its `expires_at` (checked on every cache hit, not only when the entry is refreshed).
     """
 
     def __init__(
@@ -90,8 +174,14 @@ class Authenticator:
         *,
         ttl_s: float = 5.0,
         max_cached: int = 10_000,
+        bootstrap_scopes: frozenset[Scope] = ALL_SCOPES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self._bootstrap = [(hash_key(k), f"bootstrap-{i}") for i, k in enumerate(bootstrap_keys)]
+        self._clock = clock
+        self._bootstrap = [
+            (hash_key(k), Principal(f"bootstrap-{i}", f"bootstrap-{i}", bootstrap_scopes))
+            for i, k in enumerate(bootstrap_keys)
+        ]
         self._sessionmaker = sessionmaker
         self._ttl_s = ttl_s
         self._max_cached = max_cached
@@ -106,28 +196,41 @@ class Authenticator:
 
     async def verify_digest(self, digest: str) -> Principal | None:
         """Like `verify`, from the key's SHA-256 (what a dashboard session keeps instead of the key)."""
-        for known, key_id in self._bootstrap:
+        for known, principal in self._bootstrap:
             if hmac.compare_digest(known, digest):
-                return Principal(key_id)
+                return principal
         now = time.monotonic()
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > now:
-            return cached[0]
-        principal = await self._lookup(digest)
-        if len(self._cache) >= self._max_cached:
-            self._cache.clear()
-        self._cache[digest] = (principal, now + self._ttl_s)
-        return principal
+            found = cached[0]
+        else:
+            found = await self._lookup(digest)
+            if len(self._cache) >= self._max_cached:
+                self._cache.clear()
+            self._cache[digest] = (found, now + self._ttl_s)
+        if found is not None and found.expires_at is not None and found.expires_at <= self._clock():
+            return None
+        return found
+
+    def forget(self) -> None:
+        """Drop every cached answer (a key was revoked through this process)."""
+        self._cache.clear()
 
     async def _lookup(self, digest: str) -> Principal | None:
         async with self._sessionmaker() as session:
-            row = (
-                await session.execute(
-                    sa.select(ApiKey.id, ApiKey.key_hash).where(
-                        ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None)
-                    )
-                )
-            ).first()
+            row = await session.scalar(sa.select(ApiKey).where(ApiKey.key_hash == digest, _usable(utcnow())))
         if row is None or not hmac.compare_digest(row.key_hash, digest):
             return None
-        return Principal(row.id)
+        return principal_of(row)
+
+
+def principal_of(row: ApiKey) -> Principal:
+    return Principal(
+        key_id=row.id,
+        name=row.name,
+        scopes=decode_scopes(row.scopes),
+        models=ModelAccess.of(row.models),
+        rpm=row.rpm,
+        tpm=row.tpm,
+        expires_at=row.expires_at.timestamp() if row.expires_at is not None else None,
+    )

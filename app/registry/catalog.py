@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.keys.scopes import ModelAccess, subjects
 from app.registry.models import Checkpoint, ModelAlias, ServedModel
 from app.registry.schemas import ModelObject
 from app.registry.service import artifact_name
 
 
-async def list_models(session: AsyncSession, allowed_base_models: list[str]) -> list[ModelObject]:
+async def list_models(
+    session: AsyncSession, allowed_base_models: list[str], access: ModelAccess | None = None
+) -> list[ModelObject]:
     """Base models, each model line (its latest), its aliases and its checkpoints (not
-    deleted). Checkpoint and job ids resolve too but are not listed."""
-    entries = [ModelObject.of_base_model(name) for name in allowed_base_models]
+    deleted). Checkpoint and job ids resolve too but are not listed. With `access`, only the
+    names a key may call (matched as a request for that name would be, app/keys/scopes.py)."""
+    access = access or ModelAccess()
+    entries = [ModelObject.of_base_model(name) for name in allowed_base_models if access.allows((name,))]
     models = (await session.scalars(sa.select(ServedModel).order_by(ServedModel.created_at))).all()
     checkpoints = (
         await session.scalars(
@@ -41,18 +48,30 @@ async def list_models(session: AsyncSession, allowed_base_models: list[str]) -> 
         latest = next((c for a, c in named if a.alias == "latest"), ckpts[-1] if ckpts else None)
         if latest is None:
             continue  # nothing servable yet
-        entries.append(ModelObject.of_checkpoint(model.name, model.created_at, model, latest))
+        entries.extend(_allowed(access, model, [(model.name, model.created_at, latest)]))
         entries.extend(
-            ModelObject.of_checkpoint(f"{model.name}:{row.alias}", row.updated_at, model, ckpt)
-            for row, ckpt in named
+            _allowed(
+                access, model, [(f"{model.name}:{row.alias}", row.updated_at, ckpt) for row, ckpt in named]
+            )
         )
         entries.extend(
-            ModelObject.of_checkpoint(
-                artifact_name(model.entity, model.project, model.name, ckpt.step),
-                ckpt.created_at,
+            _allowed(
+                access,
                 model,
-                ckpt,
+                [
+                    (artifact_name(model.entity, model.project, model.name, c.step), c.created_at, c)
+                    for c in ckpts
+                ],
             )
-            for ckpt in ckpts
         )
     return entries
+
+
+def _allowed(
+    access: ModelAccess, model: ServedModel, names: list[tuple[str, dt.datetime, Checkpoint]]
+) -> list[ModelObject]:
+    return [
+        ModelObject.of_checkpoint(name, created, model, ckpt)
+        for name, created, ckpt in names
+        if access.allows(subjects(requested=name, model_name=model.name, step=ckpt.step, base_model=None))
+    ]

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.errors import AppError
+from app.keys.scopes import ModelAccess, subjects
 from app.registry import service
 from app.registry.models import Checkpoint, CheckpointOrigin, ServedModel
 from app.registry.policy import COMPUTED_ALIASES, BestRule, computed_alias, live_checkpoints
@@ -56,6 +57,7 @@ class Resolution:
     step: int | None = None
     deleted: bool = False  # the checkpoint is gone (deleted_at set)
     fallback: bool = False  # serve base_model when the checkpoint is gone
+    model_name: str | None = None  # the model line's name (what a key's model patterns match)
 
     @property
     def is_base_model(self) -> bool:
@@ -183,6 +185,7 @@ async def _from_tag(
                 base_model=model.base_model,
                 model_id=model.id,
                 fallback=bool(model.fallback_to_base) or rules.fallback_default,
+                model_name=model.name,
             )
     if ckpt is None:
         detail = (
@@ -218,7 +221,24 @@ def _resolution(name: str, model: ServedModel, ckpt: Checkpoint, rules: ResolveR
         step=ckpt.step,
         deleted=ckpt.deleted_at is not None,
         fallback=bool(model.fallback_to_base) or rules.fallback_default,
+        model_name=model.name,
     )
+
+
+def check_access(access: ModelAccess, resolution: Resolution) -> None:
+    """404 `model_not_found`, worded exactly as for a name that does not exist, when a key may
+    not call the model `resolution` serves: a key must not learn which models exist beyond its
+    own. Patterns match the resolved model's names, never the raw request (app/keys/scopes.py)."""
+    if access.unrestricted:
+        return
+    names = subjects(
+        requested=resolution.requested,
+        model_name=resolution.model_name,
+        step=resolution.step,
+        base_model=resolution.upstream_model if resolution.is_base_model else None,
+    )
+    if not access.allows(names):
+        raise model_not_found(resolution.requested)
 
 
 class ModelResolver:

@@ -10,11 +10,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.routing import APIRoute
 
-from app.auth import BEARER_SECURITY
+from app.auth import BEARER_SECURITY, require_scope
 from app.deps import SessionDep, SettingsDep
 from app.errors import error_responses
+from app.keys.scopes import Scope
+from app.keys.service import Principal
 from app.registry.catalog import list_models
-from app.registry.resolution import ModelResolver
+from app.registry.resolution import ModelResolver, check_access
 from app.registry.schemas import AliasObject, AliasRequest, ModelList, ModelObject
 from app.registry.service import model_not_found, point_alias
 from app.state import app_state
@@ -24,10 +26,17 @@ def _resolver(request: Request) -> ModelResolver:
     return app_state(request.app).resolver
 
 
-async def models_list(session: SessionDep, settings: SettingsDep) -> ModelList:
+def _principal(request: Request) -> Principal:
+    principal: Principal = request.state.principal  # set by the route class's authentication
+    return principal
+
+
+async def models_list(request: Request, session: SessionDep, settings: SettingsDep) -> ModelList:
     """Base models, each model line (serving its latest checkpoint), its aliases and its
-    checkpoints. Checkpoint ids (`ftckpt-…`) and job ids (`ftjob-…`) are accepted too."""
-    return ModelList(data=await list_models(session, settings.training.allowed_base_models))
+    checkpoints. Checkpoint ids (`ftckpt-…`) and job ids (`ftjob-…`) are accepted too. A key
+    limited to some models sees only those."""
+    access = _principal(request).models
+    return ModelList(data=await list_models(session, settings.training.allowed_base_models, access))
 
 
 async def models_set_alias(
@@ -48,6 +57,7 @@ async def models_set_alias(
 async def models_retrieve(model_id: str, request: Request) -> ModelObject:
     """Any name `/v1/chat/completions` accepts; `served_model` is the concrete model it serves now."""
     resolution = await _resolver(request).resolve(model_id)
+    check_access(_principal(request).models, resolution)
     served, fallback = resolution.upstream_model, False
     if resolution.deleted:
         if not (resolution.fallback and resolution.base_model):
@@ -62,6 +72,7 @@ def create_router(route_class: type[APIRoute]) -> APIRouter:
         "/v1/models",
         models_list,
         methods=["GET"],
+        dependencies=[require_scope(Scope.inference)],
         summary="List models",
         response_model=ModelList,
         responses=error_responses(401),
@@ -71,6 +82,7 @@ def create_router(route_class: type[APIRoute]) -> APIRouter:
         "/v1/models/{name:path}/aliases",
         models_set_alias,
         methods=["POST"],
+        dependencies=[require_scope(Scope.admin)],
         summary="Point an alias at a checkpoint",
         response_model=AliasObject,
         responses=error_responses(400, 401, 404, 422),
@@ -80,6 +92,7 @@ def create_router(route_class: type[APIRoute]) -> APIRouter:
         "/v1/models/{model_id:path}",
         models_retrieve,
         methods=["GET"],
+        dependencies=[require_scope(Scope.inference)],
         summary="Retrieve a model",
         response_model=ModelObject,
         responses=error_responses(401, 404, 422),

@@ -6,14 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from app.auth import require_scope
 from app.deps import SessionDep
 from app.errors import error_responses
+from app.keys.scopes import Scope
 from app.pagination import ListPage, numbered_cursor
 from app.scoring.registry import list_scorers
 from app.scoring.schemas import SCORE_PREFIX, ScoreObject, ScorerObject
 from app.scoring.service import list_scores
 
-router = APIRouter(tags=["scores"])
+router = APIRouter(tags=["scores"], dependencies=[require_scope(Scope.training)])
 
 
 @router.get("/v1/scores", response_model=ListPage[ScoreObject], responses=error_responses(400))

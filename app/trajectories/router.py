@@ -6,13 +6,17 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from app.auth import require_scope
 from app.deps import SessionDep
 from app.errors import error_responses
+from app.keys.scopes import Scope
 from app.pagination import ListPage
 from app.trajectories import service
 from app.trajectories.schemas import TrajectoryBatch, TrajectoryBatchResult, TrajectoryObject
 
-router = APIRouter(prefix="/v1/trajectories", tags=["trajectories"])
+router = APIRouter(
+    prefix="/v1/trajectories", tags=["trajectories"], dependencies=[require_scope(Scope.training)]
+)
 
 
 @router.post("", response_model=TrajectoryBatchResult, responses=error_responses(400, 422))
