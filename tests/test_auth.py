@@ -33,9 +33,15 @@ PUBLIC = {
 # The dashboard's assets likewise (app/dashboard/static).
 PUBLIC_MOUNTS = {("GET", "/docs/assets"), ("GET", "/dashboard/static")}
 # The dashboard (app/dashboard) authenticates with its own session cookie, not a Bearer key:
-# its login and `/` (a redirect to it) are public; every other page and action answers a
-# request without a session with a redirect to the login.
-DASHBOARD_PUBLIC = {("GET", "/"), ("GET", "/dashboard/login"), ("POST", "/dashboard/login")}
+# its login, its logout (it only ends the cookie's own session) and `/` (a redirect to it) are
+# public; every other page and action answers a request without a session with a redirect to
+# the login, and declares the scope its key needs (tests/test_scopes.py).
+DASHBOARD_PUBLIC = {
+    ("GET", "/"),
+    ("GET", "/dashboard/login"),
+    ("POST", "/dashboard/login"),
+    ("POST", "/dashboard/logout"),
+}
 
 
 def _is_dashboard(template: str) -> bool:

@@ -9,6 +9,7 @@ covered the moment they are mounted, and one without a scope decision fails here
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import httpx
 import pytest
@@ -18,6 +19,8 @@ from starlette.routing import Mount
 
 from app.auth import ANY_KEY, ScopeDecision, declared_scopes, require_scope
 from app.config import Settings
+from app.dashboard.router import COOKIE
+from app.dashboard.service import csrf_token
 from app.gateway.route import GatewayRoute
 from app.keys import service as keys_service
 from app.keys.scopes import ALL_SCOPES, Scope
@@ -25,7 +28,7 @@ from app.keys.service import Authenticator, KeyOptions
 from app.state import app_state
 from tests.conftest import asgi_client, make_settings
 from tests.fixtures.gateway import running_app
-from tests.test_auth import _call, _concrete, _is_public, _requests
+from tests.test_auth import _call, _concrete, _is_dashboard, _is_public, _requests
 
 HOW_TO_DECIDE = (
     "declares no scope: add `dependencies=[require_scope(Scope.<inference|training|admin>)]` to the "
@@ -129,23 +132,37 @@ async def test_each_route_answers_403_insufficient_scope_exactly_to_keys_without
     keys = await _keys(app)
     wrong = []
     for scopes, key in keys.items():
-        async with asgi_client(app, api_key=key) as client:
+        async with asgi_client(app, api_key=key) as client, asgi_client(app, api_key=None) as browser:
+            # The dashboard's pages take the key from a login session, not a Bearer header.
+            login = await browser.post("/dashboard/login", data={"api_key": key})
+            assert login.status_code == 303, login.text
+            csrf = csrf_token(browser.cookies[COOKIE])
             for method, template, path in _requests(app):
                 scope = decided.get((method if method != "HEAD" else "GET", template))
                 if scope is None:
                     continue  # public
-                response = await _call(client, method, path)
-                is_json = response.headers.get("content-type", "").startswith("application/json")
-                body = response.json() if is_json and response.content else {}
-                code = body.get("error", {}).get("code") if isinstance(body, dict) else None
+                if _is_dashboard(template):
+                    form = {"csrf_token": csrf} if method == "POST" else None
+                    response = await browser.request(method, path, data=form)
+                    page_code = re.search(r'data-code="([^"]*)"', response.text)
+                    code = page_code.group(1) if page_code else None
+                    message = response.text
+                else:
+                    response = await _call(client, method, path)
+                    is_json = response.headers.get("content-type", "").startswith("application/json")
+                    body = response.json() if is_json and response.content else {}
+                    code = body.get("error", {}).get("code") if isinstance(body, dict) else None
+                    message = body["error"]["message"] if code else ""
                 label = f"{method} {template} with {'+'.join(sorted(scopes))}"
                 if scope is ANY_KEY or scope in scopes:
-                    if response.status_code in (401, 403):
+                    if response.status_code in (401, 403) or response.headers.get("location", "").startswith(
+                        "/dashboard/login"
+                    ):
                         wrong.append(f"{label}: {response.status_code} {code} but the key has {scope}")
                 elif response.status_code != 403 or code != "insufficient_scope":
                     wrong.append(f"{label}: {response.status_code} {code}, expected 403 insufficient_scope")
-                elif f"Missing scope: {scope.value}" not in body["error"]["message"]:
-                    wrong.append(f"{label}: the message does not name {scope}: {body['error']['message']}")
+                elif f"Missing scope: {scope.value}" not in message:
+                    wrong.append(f"{label}: the message does not name {scope}: {message[:200]}")
     assert wrong == []
 
 

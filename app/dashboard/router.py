@@ -25,6 +25,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 from starlette.responses import HTMLResponse, RedirectResponse
 
+from app.auth import ScopeRequirement
 from app.dashboard import service
 from app.datasets import service as datasets
 from app.datasets.models import DatasetStatus
@@ -34,6 +35,7 @@ from app.errors import AppError, BadRequest
 from app.jobs import service as jobs
 from app.jobs.models import TERMINAL_STATUSES, FineTuningJob, JobStatus
 from app.jobs.schemas import checkpoint_object, event_object, job_object
+from app.keys.scopes import Scope
 from app.keys.service import Principal
 from app.queue.workers import describe, live_workers
 from app.registry import service as registry
@@ -127,7 +129,7 @@ class DashboardRoute(APIRoute):
                 return _render(
                     request,
                     "error.html",
-                    {"status": exc.status_code, "message": exc.message},
+                    {"status": exc.status_code, "message": exc.message, "code": exc.code},
                     status=exc.status_code,
                 )
 
@@ -171,8 +173,8 @@ def _safe_next(target: str | None) -> str:
 
 
 async def require_operator(request: Request) -> Principal:
-    """The Principal of this browser's session; every page and action depends on it (and
-    per-route scopes, when the API has them, are checked here and nowhere else)."""
+    """The Principal of this browser's session; every page and action depends on it, and its
+    scope (`page_scope`) is checked against this Principal."""
     state = app_state(request.app)
     token = request.cookies.get(COOKIE)
     # a short session of its own, closed before the key is verified (see session_principal)
@@ -187,6 +189,25 @@ async def require_operator(request: Request) -> Principal:
 
 
 OperatorDep = Annotated[Principal, Depends(require_operator)]
+
+
+class SessionScopeRequirement(ScopeRequirement):
+    """The API's scope declaration (app/auth.require_scope) for a page: the same scopes, checked
+    against the session's key instead of a Bearer header, so the scope matrix
+    (tests/test_scopes.py) reads the dashboard's decisions like any route's. The session is
+    looked up once per request: FastAPI caches `require_operator` within a request."""
+
+    async def __call__(self, principal: OperatorDep) -> Principal:
+        return await super().__call__(principal)
+
+
+def page_scope(scope: Scope) -> Any:
+    """`dependencies=[page_scope(Scope.training)]` on every page and action: reading pages need
+    `training` (what the API's job, dataset and model reads need), moving an alias `admin`."""
+    return Depends(SessionScopeRequirement(scope))
+
+
+READ = [page_scope(Scope.training)]
 
 
 def _same_origin(request: Request) -> bool:
@@ -268,7 +289,7 @@ async def logout(request: Request, session: SessionDep, csrf_token: CsrfField = 
 # -- overview ---------------------------------------------------------------------------------
 
 
-@router.get("")
+@router.get("", dependencies=READ)
 async def overview(request: Request, session: SessionDep, _principal: OperatorDep) -> HTMLResponse:
     state = app_state(request.app)
     workers = describe(await live_workers(session, state.settings))
@@ -284,7 +305,7 @@ async def overview(request: Request, session: SessionDep, _principal: OperatorDe
     )
 
 
-@router.get("/overview/gateway")
+@router.get("/overview/gateway", dependencies=READ)
 async def overview_gateway(request: Request, session: SessionDep, _principal: OperatorDep) -> HTMLResponse:
     """The gateway's last hour: a fragment of its own (its queries read the whole hour of the
     request log), so the overview shows at once and this part follows and refreshes."""
@@ -308,7 +329,7 @@ def _parse_metadata(text: str) -> dict[str, str]:
     return pairs
 
 
-@router.get("/jobs")
+@router.get("/jobs", dependencies=READ)
 async def jobs_page(
     request: Request,
     session: SessionDep,
@@ -446,7 +467,7 @@ async def _job_context(
     }
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", dependencies=READ)
 async def job_page(
     request: Request,
     job_id: str,
@@ -461,7 +482,7 @@ async def job_page(
     )
 
 
-@router.get("/jobs/{job_id}/live")
+@router.get("/jobs/{job_id}/live", dependencies=READ)
 async def job_live(
     request: Request, job_id: str, session: SessionDep, _principal: OperatorDep
 ) -> HTMLResponse:
@@ -470,7 +491,7 @@ async def job_live(
     return _render(request, "job_live.html", await _job_context(session, job_id))
 
 
-@router.post("/jobs/{job_id}/cancel")
+@router.post("/jobs/{job_id}/cancel", dependencies=READ)
 async def job_cancel(
     request: Request, job_id: str, session: SessionDep, _principal: OperatorDep, csrf_token: CsrfField = None
 ) -> Response:
@@ -489,7 +510,7 @@ async def job_cancel(
 # -- models -----------------------------------------------------------------------------------
 
 
-@router.get("/models")
+@router.get("/models", dependencies=READ)
 async def models_page(
     request: Request, session: SessionDep, _principal: OperatorDep, after: str | None = None
 ) -> HTMLResponse:
@@ -510,7 +531,7 @@ async def models_page(
     )
 
 
-@router.get("/models/{model_id}")
+@router.get("/models/{model_id}", dependencies=READ)
 async def model_page(
     request: Request,
     model_id: str,
@@ -547,7 +568,7 @@ async def model_page(
     )
 
 
-@router.post("/models/{model_id}/aliases")
+@router.post("/models/{model_id}/aliases", dependencies=[page_scope(Scope.admin)])
 async def model_move_alias(
     request: Request,
     model_id: str,
@@ -582,7 +603,7 @@ async def model_move_alias(
 # -- datasets ---------------------------------------------------------------------------------
 
 
-@router.get("/datasets")
+@router.get("/datasets", dependencies=READ)
 async def datasets_page(
     request: Request, session: SessionDep, _principal: OperatorDep, after: str | None = None
 ) -> HTMLResponse:
@@ -598,7 +619,7 @@ async def datasets_page(
     )
 
 
-@router.get("/datasets/{dataset_id}")
+@router.get("/datasets/{dataset_id}", dependencies=READ)
 async def dataset_page(
     request: Request,
     dataset_id: str,
@@ -660,7 +681,7 @@ def _shade(logprob: Any) -> str:
     return f"rgba(220, 80, 30, {alpha:.3f})"
 
 
-@router.get("/captures")
+@router.get("/captures", dependencies=READ)
 async def captures_page(
     request: Request,
     session: SessionDep,
