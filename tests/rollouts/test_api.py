@@ -1,0 +1,133 @@
+"""The rollout routes: validation (400 naming the field), one running rollout per alias (409),
+lists, cancel, expiry and the error-rate roll-back."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from app.db import utcnow
+from app.gateway.models import GatewayRequest
+from app.registry.models import Rollout
+from app.rollouts.service import evaluate_rollout
+from app.state import app_state
+from tests.rollouts.conftest import RolloutService
+
+URL = "/v1/models/agent/rollouts"
+
+
+def _body(**changes: Any) -> dict[str, Any]:
+    return {"alias": "production", "candidate": "step2", **changes}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"candidate": "step2"}, "alias"),
+        ({"alias": "production"}, "candidate"),
+        (_body(share=1.5), "share"),
+        (_body(share=0), "share"),
+        (_body(share="half"), "share"),
+        (_body(confidence=1.0), "confidence"),
+        (_body(min_trajectories=2), "min_trajectories"),
+        (_body(max_duration=-5), "max_duration"),
+        (_body(metric=""), "metric"),
+        (_body(colour="blue"), "colour"),
+        (_body(candidate="step1"), "candidate"),  # what production serves already
+        (_body(alias="staging"), "alias"),  # no such alias
+        ([1, 2], None),
+    ],
+)
+async def test_invalid_rollouts_are_400_naming_the_field(
+    rollout_service: RolloutService, body: Any, param: str | None
+) -> None:
+    response = await rollout_service.http.post(URL, json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+async def test_unknown_model_or_candidate_is_404(rollout_service: RolloutService) -> None:
+    assert (await rollout_service.http.post("/v1/models/nobody/rollouts", json=_body())).status_code == 404
+    missing = await rollout_service.http.post(URL, json=_body(candidate="step9"))
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "candidate"
+
+
+async def test_one_running_rollout_per_alias(rollout_service: RolloutService) -> None:
+    http = rollout_service.http
+    first = await http.post(URL, json=_body())
+    assert first.status_code == 200
+    second = await http.post(URL, json=_body(candidate="step3"))
+    assert second.status_code == 409 and second.json()["error"]["code"] == "rollout_running"
+    cancelled = await http.post(f"{URL}/{first.json()['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    again = await http.post(f"{URL}/{first.json()['id']}/cancel")
+    assert again.status_code == 409
+    assert (await http.post(URL, json=_body(candidate="step3"))).status_code == 200
+
+
+async def test_rollouts_list_newest_first_with_an_after_cursor(rollout_service: RolloutService) -> None:
+    http = rollout_service.http
+    ids = []
+    for candidate in ("step2", "step3", "step2"):
+        created = (await http.post(URL, json=_body(candidate=candidate))).json()
+        ids.append(created["id"])
+        await http.post(f"{URL}/{created['id']}/cancel")
+    page = (await http.get(URL, params={"limit": 2})).json()
+    assert [r["id"] for r in page["data"]] == ids[::-1][:2] and page["has_more"]
+    rest = (await http.get(URL, params={"limit": 2, "after": page["last_id"]})).json()
+    assert [r["id"] for r in rest["data"]] == [ids[0]] and not rest["has_more"]
+    assert (await http.get(URL, params={"after": "rollout-nope"})).json()["error"]["code"] == "invalid_cursor"
+    assert (await http.get(URL, params={"state": "sideways"})).status_code == 400
+    assert (await http.get(URL, params={"state": "running"})).json()["data"] == []
+    assert (await http.get(f"{URL}/rollout-nope")).status_code == 404
+
+
+async def test_an_undecided_rollout_expires_after_max_duration(rollout_service: RolloutService) -> None:
+    svc = rollout_service
+    created = (await svc.http.post(URL, json=_body(max_duration=60))).json()
+    async with app_state(svc.app).sessionmaker() as session:
+        rollout = await session.get(Rollout, created["id"])
+        assert rollout is not None
+        settings = app_state(svc.app).settings
+        await evaluate_rollout(session, settings, rollout, now=utcnow())
+        assert rollout.state == "running"
+        await evaluate_rollout(session, settings, rollout, now=utcnow() + dt.timedelta(seconds=61))
+        await session.commit()
+    body = (await svc.http.get(f"{URL}/{created['id']}")).json()
+    assert body["state"] == "expired" and "max_duration" in body["reason"]
+    events = (await svc.http.get(f"{URL}/{created['id']}/events")).json()["data"]
+    assert events[-1]["type"] == "rollout.expired"
+
+
+async def test_a_candidate_failing_more_often_than_the_baseline_is_rolled_back(
+    rollout_service: RolloutService,
+) -> None:
+    svc = rollout_service
+    created = (await svc.http.post(URL, json=_body())).json()
+    now = utcnow()
+
+    def row(served: int, status: int) -> GatewayRequest:
+        return GatewayRequest(
+            created_at=now,
+            route="chat.completions",
+            model_requested="agent:production",
+            model_served=svc.agent.artifact(served),
+            status_code=status,
+            latency_ms=1.0,
+            overhead_ms=0.1,
+        )
+
+    async with app_state(svc.app).sessionmaker() as session:
+        session.add_all([row(1, 200) for _ in range(30)] + [row(2, 200) for _ in range(20)])
+        session.add_all([row(2, 502) for _ in range(10)] + [row(2, 499) for _ in range(5)])
+        await session.commit()
+        rollout = await session.get(Rollout, created["id"])
+        assert rollout is not None
+        await evaluate_rollout(session, app_state(svc.app).settings, rollout)
+        await session.commit()
+    body = (await svc.http.get(f"{URL}/{created['id']}")).json()
+    assert body["state"] == "rolled_back" and "error rate" in body["reason"]
+    assert (body["candidate_arm"]["requests"], body["candidate_arm"]["errors"]) == (35, 10)
+    assert (body["baseline_arm"]["requests"], body["baseline_arm"]["errors"]) == (30, 0)
