@@ -51,7 +51,8 @@ async def test_invalid_rollouts_are_400_naming_the_field(
 async def test_unknown_model_or_candidate_is_404(rollout_service: RolloutService) -> None:
     assert (await rollout_service.http.post("/v1/models/nobody/rollouts", json=_body())).status_code == 404
     missing = await rollout_service.http.post(URL, json=_body(candidate="step9"))
-    assert missing.status_code == 404 and missing.json()["error"]["param"] == "candidate"
+    assert missing.status_code == 404
+    assert missing.json()["error"]["param"] == "candidate"
 
 
 async def test_one_running_rollout_per_alias(rollout_service: RolloutService) -> None:
@@ -59,9 +60,11 @@ async def test_one_running_rollout_per_alias(rollout_service: RolloutService) ->
     first = await http.post(URL, json=_body())
     assert first.status_code == 200
     second = await http.post(URL, json=_body(candidate="step3"))
-    assert second.status_code == 409 and second.json()["error"]["code"] == "rollout_running"
+    assert second.status_code == 409
+    assert second.json()["error"]["code"] == "rollout_running"
     cancelled = await http.post(f"{URL}/{first.json()['id']}/cancel")
-    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert cancelled.status_code == 200
+    assert cancelled.json()["state"] == "cancelled"
     again = await http.post(f"{URL}/{first.json()['id']}/cancel")
     assert again.status_code == 409
     assert (await http.post(URL, json=_body(candidate="step3"))).status_code == 200
@@ -75,9 +78,11 @@ async def test_rollouts_list_newest_first_with_an_after_cursor(rollout_service: 
         ids.append(created["id"])
         await http.post(f"{URL}/{created['id']}/cancel")
     page = (await http.get(URL, params={"limit": 2})).json()
-    assert [r["id"] for r in page["data"]] == ids[::-1][:2] and page["has_more"]
+    assert [r["id"] for r in page["data"]] == ids[::-1][:2]
+    assert page["has_more"]
     rest = (await http.get(URL, params={"limit": 2, "after": page["last_id"]})).json()
-    assert [r["id"] for r in rest["data"]] == [ids[0]] and not rest["has_more"]
+    assert [r["id"] for r in rest["data"]] == [ids[0]]
+    assert not rest["has_more"]
     assert (await http.get(URL, params={"after": "rollout-nope"})).json()["error"]["code"] == "invalid_cursor"
     assert (await http.get(URL, params={"state": "sideways"})).status_code == 400
     assert (await http.get(URL, params={"state": "running"})).json()["data"] == []
@@ -96,7 +101,8 @@ async def test_an_undecided_rollout_expires_after_max_duration(rollout_service: 
         await evaluate_rollout(session, settings, rollout, now=utcnow() + dt.timedelta(seconds=61))
         await session.commit()
     body = (await svc.http.get(f"{URL}/{created['id']}")).json()
-    assert body["state"] == "expired" and "max_duration" in body["reason"]
+    assert body["state"] == "expired"
+    assert "max_duration" in body["reason"]
     events = (await svc.http.get(f"{URL}/{created['id']}/events")).json()["data"]
     assert events[-1]["type"] == "rollout.expired"
 
@@ -128,6 +134,7 @@ async def test_a_candidate_failing_more_often_than_the_baseline_is_rolled_back(
         await evaluate_rollout(session, app_state(svc.app).settings, rollout)
         await session.commit()
     body = (await svc.http.get(f"{URL}/{created['id']}")).json()
-    assert body["state"] == "rolled_back" and "error rate" in body["reason"]
+    assert body["state"] == "rolled_back"
+    assert "error rate" in body["reason"]
     assert (body["candidate_arm"]["requests"], body["candidate_arm"]["errors"]) == (35, 10)
     assert (body["baseline_arm"]["requests"], body["baseline_arm"]["errors"]) == (30, 0)

@@ -66,7 +66,8 @@ async def test_a_better_candidate_is_promoted_and_the_alias_moves(
 
     assert final["state"] == "promoted", final["reason"]
     assert final["difference"]["lower"] > 0
-    assert final["candidate_arm"]["n"] >= 10 and final["baseline_arm"]["n"] >= 10
+    assert final["candidate_arm"]["n"] >= 10
+    assert final["baseline_arm"]["n"] >= 10
     assert final["candidate_arm"]["mean"] > final["baseline_arm"]["mean"]
     assert await _served_now(svc) == svc.agent.artifact(2)
     events = (await svc.http.get(f"/v1/models/agent/rollouts/{rollout['id']}/events")).json()["data"]
@@ -127,7 +128,9 @@ async def test_routing_is_sticky_by_trajectory_under_concurrency_and_respects_th
     await flush_writers(svc.app)
     async with app_state(svc.app).sessionmaker() as session:
         rows = (
-            await session.execute(sa.select(CapturedCompletion.trajectory_id, CapturedCompletion.upstream_model))
+            await session.execute(
+                sa.select(CapturedCompletion.trajectory_id, CapturedCompletion.upstream_model)
+            )
         ).all()
     assert len(rows) == len(calls)
     assert all({upstream} == served[tid] for tid, upstream in rows)

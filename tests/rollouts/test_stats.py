@@ -32,7 +32,8 @@ def _observations(n: int, share: float, base: float, delta: float, seed: int) ->
 
 def test_arm_stats_are_count_mean_and_sample_std() -> None:
     assert arm_stats([]) == arm_stats([])
-    assert arm_stats([]).n == 0 and arm_stats([]).mean is None
+    assert arm_stats([]).n == 0
+    assert arm_stats([]).mean is None
     s = arm_stats([1.0, 2.0, 3.0, 4.0])
     assert (s.n, s.mean) == (4, 2.5)
     assert s.std == pytest.approx(math.sqrt(5 / 3))
@@ -66,11 +67,14 @@ def test_a_clear_improvement_is_promoted_and_a_clear_loss_rolled_back() -> None:
     better = evaluate_rewards(
         _observations(800, 0.3, 0.0, 0.6, seed=2), share=0.3, confidence=0.95, min_trajectories=20
     )
-    assert better.verdict == Verdict.PROMOTE and better.interval is not None and better.interval.lower > 0
+    assert better.verdict == Verdict.PROMOTE
+    assert better.interval is not None
+    assert better.interval.lower > 0
     worse = evaluate_rewards(
         _observations(800, 0.3, 0.0, -0.6, seed=3), share=0.3, confidence=0.95, min_trajectories=20
     )
-    assert worse.verdict == Verdict.ROLL_BACK and "worse" in worse.reason
+    assert worse.verdict == Verdict.ROLL_BACK
+    assert "worse" in worse.reason
 
 
 def test_no_decision_before_min_trajectories_per_arm() -> None:
@@ -89,7 +93,8 @@ def test_repeated_looks_at_no_difference_rarely_promote() -> None:
         for t in range(20, 601, 20):
             terms = aipw_terms(obs[:t], 0.5)
             s = arm_stats(terms)
-            assert s.mean is not None and s.std is not None
+            assert s.mean is not None
+            assert s.std is not None
             naive = naive or abs(s.mean) > 1.96 * s.std / math.sqrt(t)
             verdict = evaluate_rewards(obs[:t], share=0.5, confidence=0.95, min_trajectories=10).verdict
             if verdict != Verdict.CONTINUE:
@@ -101,7 +106,9 @@ def test_repeated_looks_at_no_difference_rarely_promote() -> None:
 
 
 def test_a_higher_error_rate_rolls_back_only_with_enough_requests_and_beyond_the_margin() -> None:
-    assert error_rate_worse(ErrorCounts(100, 20), ErrorCounts(100, 1), margin=0.05, min_requests=20) is not None
+    assert (
+        error_rate_worse(ErrorCounts(100, 20), ErrorCounts(100, 1), margin=0.05, min_requests=20) is not None
+    )
     assert error_rate_worse(ErrorCounts(100, 5), ErrorCounts(100, 1), margin=0.05, min_requests=20) is None
     assert error_rate_worse(ErrorCounts(10, 9), ErrorCounts(100, 0), margin=0.05, min_requests=20) is None
 
