@@ -77,8 +77,11 @@ class Worker:
         trainer_factory: TrainerFactory = wandb_trainer,
         key_checker: WandbKeyChecker | None = None,
         clock: Clock | None = None,
+        on_alias_moved: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        # in the API: forget the gateway's resolved names when a rollout decision moved an alias
+        self._on_alias_moved = on_alias_moved
         self.sessionmaker = sessionmaker
         self.metrics = metrics
         self.worker_id = worker_id or default_worker_id()
@@ -439,6 +442,8 @@ class Worker:
         while not self._stopping:
             try:
                 if await rollouts.evaluate_running(self.sessionmaker, self.settings):
+                    if self._on_alias_moved is not None:
+                        self._on_alias_moved()
                     await self._deliver_webhooks()
             except asyncio.CancelledError:
                 raise
