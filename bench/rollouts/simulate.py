@@ -93,7 +93,9 @@ def clopper_pearson_upper(k: int, n: int, level: float = 0.95) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=400, help="null rollouts (no true difference)")
     parser.add_argument("--power-runs", type=int, default=200, help="rollouts per direction of the margin")
     parser.add_argument("--share", type=float, default=0.1)
@@ -151,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             if rolled_back
             else None,
             "wrong_way": (
-                sum(o.verdict == Verdict.ROLL_BACK for o in better) + sum(o.verdict == Verdict.PROMOTE for o in worse)
+                sum(o.verdict == Verdict.ROLL_BACK for o in better)
+                + sum(o.verdict == Verdict.PROMOTE for o in worse)
             )
             / (2 * cfg.power_runs),
         },
