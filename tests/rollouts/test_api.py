@@ -7,9 +7,11 @@ import datetime as dt
 from typing import Any
 
 from app.db import utcnow
-from app.gateway.models import GatewayRequest
+from app.gateway.models import CapturedCompletion, GatewayRequest
+from app.ids import new_id
 from app.registry.models import Rollout
 from app.rollouts.service import evaluate_rollout
+from app.scoring.models import TrajectoryScore
 from app.state import app_state
 from tests.rollouts.conftest import RolloutService
 
@@ -135,3 +137,55 @@ async def test_a_candidate_failing_more_often_than_the_baseline_is_rolled_back(
     assert "error rate" in body["reason"]
     assert (body["candidate_arm"]["requests"], body["candidate_arm"]["errors"]) == (35, 10)
     assert (body["baseline_arm"]["requests"], body["baseline_arm"]["errors"]) == (30, 0)
+
+
+async def test_a_scorer_metric_reads_persisted_scores_joined_to_the_serving_checkpoint(
+    rollout_service: RolloutService,
+) -> None:
+    """Scores written by dataset builds (e.g. the game's, read from its database) count as the
+    reward; a trajectory served by both checkpoints is left out; the newest scorer row wins."""
+    svc = rollout_service
+    created = (await svc.http.post(URL, json=_body(metric="pnl", min_trajectories=5))).json()
+    now = utcnow()
+    captures, scores = [], []
+    for i in range(40):
+        candidate = i % 2 == 0
+        tid = f"game-{i}"
+        captures.append(_capture(tid, svc.agent.artifact(2 if candidate else 1), now))
+        # the first scorer version said the opposite; the newer row decides
+        scores.append(_score(tid, 0.0 if candidate else 1.0, "1"))
+        scores.append(_score(tid, 1.0 if candidate else 0.2 + 0.01 * i, "2"))
+    captures.append(_capture("game-mixed", svc.agent.artifact(1), now))
+    captures.append(_capture("game-mixed", svc.agent.artifact(2), now))
+    scores.append(_score("game-mixed", -100.0, "2"))
+    async with app_state(svc.app).sessionmaker() as session:
+        session.add_all(captures)
+        await session.flush()
+        session.add_all(scores)
+        await session.commit()
+        rollout = await session.get(Rollout, created["id"])
+        assert rollout is not None
+        await evaluate_rollout(session, app_state(svc.app).settings, rollout)
+        await session.commit()
+    body = (await svc.http.get(f"{URL}/{created['id']}")).json()
+    assert body["state"] == "promoted", body["reason"]
+    assert (body["candidate_arm"]["n"], body["baseline_arm"]["n"]) == (20, 20)
+    assert body["candidate_arm"]["mean"] == 1.0
+
+
+def _capture(tid: str, served: str, now: dt.datetime) -> CapturedCompletion:
+    return CapturedCompletion(
+        id=new_id("cap"),
+        created_at=now,
+        trajectory_id=tid,
+        model="agent:production",
+        upstream_model=served,
+        messages=[{"role": "user", "content": "move?"}],
+        choice={"index": 0, "message": {"role": "assistant", "content": "win"}},
+    )
+
+
+def _score(tid: str, value: float, version: str) -> TrajectoryScore:
+    return TrajectoryScore(
+        trajectory_id=tid, source="babylon", scorer="pnl", scorer_version=version, score=value
+    )
