@@ -91,6 +91,12 @@ def upgrade() -> None:
             unique=False,
         )
 
+    op.create_index(
+        "ix_captured_completions_served_created",
+        "captured_completions",
+        ["upstream_model", "created_at"],
+        unique=False,
+    )
     with op.batch_alter_table("fine_tuning_jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("rollout", app.db.JSONType, nullable=True))
 
@@ -118,6 +124,10 @@ def downgrade() -> None:
 
     with op.batch_alter_table("fine_tuning_jobs", schema=None) as batch_op:
         batch_op.drop_column("rollout")
+    op.drop_index(
+        "ix_captured_completions_served_created",
+        table_name="captured_completions",
+    )
 
     with op.batch_alter_table("rollout_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_rollout_events_rollout_id_rollout_events_created_at"))

@@ -347,13 +347,16 @@ async def evaluate_running(sessionmaker: async_sessionmaker[AsyncSession], setti
         )
     decided = 0
     for rollout_id in ids:
-        async with sessionmaker() as session:
-            rollout = await session.get(Rollout, rollout_id)
-            if rollout is None or rollout.state != RolloutState.RUNNING:
-                continue
-            await evaluate_rollout(session, settings, rollout)
-            decided += rollout.state != RolloutState.RUNNING
-            await session.commit()
+        try:
+            async with sessionmaker() as session:
+                rollout = await session.get(Rollout, rollout_id)
+                if rollout is None or rollout.state != RolloutState.RUNNING:
+                    continue
+                await evaluate_rollout(session, settings, rollout)
+                decided += rollout.state != RolloutState.RUNNING
+                await session.commit()
+        except Exception:  # one rollout's failure must not stop the others' evaluation
+            logger.exception("rollout.evaluation_failed rollout_id=%s", rollout_id)
     return decided
 
 

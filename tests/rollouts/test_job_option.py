@@ -3,17 +3,56 @@ out on the alias instead of it being handed over at once; the worker evaluates (
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.config import Settings
+from app.jobs.handoff import HandoffResult, register_handoff, unregister_handoff
+from app.jobs.models import FineTuningJob
+from app.registry.models import Rollout, RolloutState
+from app.rollouts.service import finish_rollout
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.factories import make_dataset
 from tests.fixtures.gateway import seed_model
 from tests.fixtures.service import StartService, wait_for_job, wait_until
 
 BASE = "OpenPipe/Qwen3-14B-Instruct"
+
+
+class WantsEveryJob:
+    """A game that takes every finished job (records what it was handed)."""
+
+    name = "rollout-test-game"
+
+    def __init__(self) -> None:
+        self.delivered: list[tuple[str, str, str | None]] = []
+
+    async def wants(self, session: AsyncSession, job: FineTuningJob) -> bool:
+        return True
+
+    async def job_started(self, settings: Settings, job: FineTuningJob) -> None:
+        return None
+
+    async def deliver(
+        self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], job: FineTuningJob
+    ) -> HandoffResult:
+        self.delivered.append((job.id, job.status, job.fine_tuned_model))
+        return HandoffResult(True, "handed to the test game")
+
+    async def poll(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> int:
+        return 0
+
+
+@pytest.fixture
+def game() -> Iterator[WantsEveryJob]:
+    handoff = WantsEveryJob()
+    register_handoff(handoff)
+    yield handoff
+    unregister_handoff(handoff.name)
 
 
 def _method(rollout: Any) -> dict[str, Any]:
@@ -40,7 +79,7 @@ async def test_an_invalid_rollout_option_is_400_naming_the_field(
 
 
 async def test_a_succeeded_job_starts_a_rollout_of_its_final_checkpoint_which_the_worker_expires(
-    start_service: StartService, emulator: EmulatorHandle
+    start_service: StartService, emulator: EmulatorHandle, game: WantsEveryJob
 ) -> None:
     async with start_service(rollouts={"eval_interval_s": 0.1}) as svc:
         # the line exists with `production` at step 1; the job continues it
@@ -73,3 +112,17 @@ async def test_a_succeeded_job_starts_a_rollout_of_its_final_checkpoint_which_th
         await wait_until(expired, timeout_s=20, what="the worker expires the rollout")
         production = (await svc.http.get("/v1/models/agent-r:production")).json()
         assert production["served_model"] == line.artifact(1)
+        # the game was not handed the job: its hand-off waits for a promotion
+        assert game.delivered == []
+
+        # a promotion of the job's checkpoint hands it to the game (Babylon: trained_models)
+        again = await svc.http.post(
+            "/v1/models/agent-r/rollouts", json={"alias": "production", "candidate": done.fine_tuned_model}
+        )
+        async with svc.sessionmaker() as session:
+            row = await session.get(Rollout, again.json()["id"])
+            assert row is not None
+            assert await finish_rollout(session, svc.settings, row, RolloutState.PROMOTED, "the test says so")
+            await session.commit()
+        await wait_until(lambda: game.delivered, timeout_s=20, what="the hand-off after the promotion")
+        assert game.delivered == [(second.id, "succeeded", done.fine_tuned_model)]
