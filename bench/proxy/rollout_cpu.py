@@ -41,7 +41,7 @@ def api(url: str, key: str, path: str, body: dict[str, object] | None = None) ->
 def phase(args: argparse.Namespace, script: Path) -> tuple[float, int]:
     time.sleep(1.5)  # past the resolver's 1 s cache: this phase resolves what it measures
     c0 = cpu_s(args.pid)
-    requests = wrk(args.url, script, args.conc, args.seconds, args.api_key, MODEL)
+    requests = wrk(args.url + "/v1/chat/completions", script, args.conc, args.seconds, args.api_key, MODEL)
     return 1000.0 * (cpu_s(args.pid) - c0) / max(requests, 1), requests
 
 
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--conc", type=int, default=32)
     args = parser.parse_args()
     script = HERE / "post_capture.lua"
-    wrk(args.url, script, 8, 3, args.api_key, MODEL)  # warm-up
+    wrk(args.url + "/v1/chat/completions", script, 8, 3, args.api_key, MODEL)  # warm-up
     results: dict[str, list[float]] = {"alias": [], "rollout": []}
     for rep in range(args.reps):
         for mode in ("alias", "rollout") if rep % 2 == 0 else ("rollout", "alias"):
