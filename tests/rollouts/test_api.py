@@ -10,6 +10,7 @@ from app.db import utcnow
 from app.gateway.models import CapturedCompletion, GatewayRequest
 from app.ids import new_id
 from app.registry.models import Rollout
+from app.registry.policy import retention_candidates
 from app.rollouts.service import evaluate_rollout
 from app.scoring.models import TrajectoryScore
 from app.state import app_state
@@ -189,3 +190,22 @@ def _score(tid: str, value: float, version: str) -> TrajectoryScore:
     return TrajectoryScore(
         trajectory_id=tid, source="babylon", scorer="pnl", scorer_version=version, score=value
     )
+
+
+async def test_retention_keeps_the_candidate_of_a_running_rollout(rollout_service: RolloutService) -> None:
+    svc = rollout_service
+    settings = app_state(svc.app).settings
+    keep_none = settings.model_copy(
+        update={"training": settings.training.model_copy(update={"keep_last_checkpoints": 0})}
+    )
+    async with app_state(svc.app).sessionmaker() as session:
+        before = {c.step for c in await retention_candidates(session, keep_none, svc.agent.model)}
+    assert 2 in before  # neither latest, best nor aliased: retention would delete it
+    created = (await svc.http.post(URL, json=_body())).json()
+    async with app_state(svc.app).sessionmaker() as session:
+        during = {c.step for c in await retention_candidates(session, keep_none, svc.agent.model)}
+    assert 2 not in during
+    await svc.http.post(f"{URL}/{created['id']}/cancel")
+    async with app_state(svc.app).sessionmaker() as session:
+        after = {c.step for c in await retention_candidates(session, keep_none, svc.agent.model)}
+    assert 2 in after
