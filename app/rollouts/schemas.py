@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from app.db import to_unix
 from app.pagination import ListPage
@@ -158,12 +158,6 @@ class RolloutEventObject(BaseModel):
             message=row.message,
             data=row.data,
         )
-
-
-class RolloutRequestBody(BaseModel):
-    """Parsed loosely; the service validates each field (400 naming it)."""
-
-    model_config = ConfigDict(extra="allow")
 
 
 RolloutList = ListPage[RolloutObject]
