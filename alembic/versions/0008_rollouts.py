@@ -37,6 +37,7 @@ def upgrade() -> None:
         sa.Column("job_id", sa.String(length=40), nullable=True),
         sa.Column("webhook_urls", app.db.JSONType, nullable=True),
         sa.Column("stats", app.db.JSONType, nullable=True),
+        sa.Column("score_dataset_id", sa.String(length=40), nullable=True),
         sa.Column("evaluated_at", app.db.UTCDateTime(), nullable=True),
         sa.Column("expires_at", app.db.UTCDateTime(), nullable=False),
         sa.Column("finished_at", app.db.UTCDateTime(), nullable=True),

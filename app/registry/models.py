@@ -133,6 +133,8 @@ class Rollout(TimestampMixin, Base):
     job_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)  # the job that started it
     webhook_urls: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
     stats: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)  # the last evaluation
+    # a scorer metric with a game installed: the last dataset build asked to score its trajectories
+    score_dataset_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
     evaluated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), nullable=False)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -6,7 +6,9 @@ concrete checkpoint that served it (`captured_completions.upstream_model`, also 
 made through the rollout's alias since the rollout started was served by that arm's checkpoint.
 Its reward is the metric: `reward` is the pushed trajectory's reward (`/v1/trajectories`); any
 other metric names a scorer whose persisted scores (`trajectory_scores`, written by dataset
-builds of pushed, uploaded or game trajectories) are used. Observations are ordered by when
+builds of pushed, uploaded or game trajectories) are used; with a game installed, the
+evaluation has the game's source score the arms' unscored trajectories from its database
+(`request_game_scores`: a dataset build, the sources' and scorers' own path). Observations are ordered by when
 their reward arrived, so each evaluation sees the previous one's sequence extended: what the
 confidence sequence (app/rollouts/stats.py) needs to stay valid across looks.
 
@@ -28,8 +30,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.datasets.models import Dataset, DatasetStatus
+from app.datasets.schemas import DatasetCreate
+from app.datasets.service import create_dataset
+from app.datasets.sources import PUSHED, default_source
 from app.db import utcnow
-from app.errors import BadRequest, Conflict
+from app.errors import AppError, BadRequest, Conflict
 from app.gateway.models import CapturedCompletion, GatewayRequest
 from app.jobs import handoff, webhooks
 from app.jobs.models import FineTuningJob
@@ -73,6 +79,7 @@ class Evidence:
     candidate_errors: ErrorCounts
     baseline_errors: ErrorCounts
     mixed: int  # trajectories served by both arms (left out)
+    unscored: list[str]  # served by one arm, no reward yet
 
 
 async def _served_by(
@@ -160,7 +167,53 @@ async def gather_evidence(
     rewards = await _rewards(session, rollout.metric, sorted(served))
     observations = [(served[tid], reward) for tid, reward in rewards]
     candidate_errors, baseline_errors = await _errors(session, rollout, names, artifacts)
-    return Evidence(observations, candidate_errors, baseline_errors, mixed)
+    rewarded = {tid for tid, _ in rewards}
+    unscored = sorted(tid for tid in served if tid not in rewarded)
+    return Evidence(observations, candidate_errors, baseline_errors, mixed, unscored)
+
+
+MAX_SCORE_REQUEST = 100_000
+
+
+async def request_game_scores(
+    session: AsyncSession, settings: Settings, rollout: Rollout, unscored: list[str], now: dt.datetime
+) -> Dataset | None:
+    """A rollout on a scorer metric, with a game installed: have the game's source read the
+    arms' unscored trajectories from its database and score them, through a dataset build
+    selecting those ids that persists every score (the scores the next evaluation reads). One
+    build at a time, at most every ROLLOUTS__GAME_SCORE_INTERVAL_S."""
+    source = default_source()
+    if rollout.metric == REWARD_METRIC or not unscored or source == PUSHED:
+        return None
+    if rollout.score_dataset_id is not None:
+        previous = await session.get(Dataset, rollout.score_dataset_id)
+        if previous is not None and (
+            previous.status in (DatasetStatus.QUEUED, DatasetStatus.BUILDING)
+            or previous.created_at + dt.timedelta(seconds=settings.rollouts.game_score_interval_s) > now
+        ):
+            return None
+    try:
+        params = DatasetCreate(
+            source=source,
+            trajectory_ids=unscored[:MAX_SCORE_REQUEST],
+            include_used=True,
+            scorer=rollout.metric,
+            persist_scores="all",
+            min_agents=1,
+            drop_equal_rewards=False,
+        )
+        dataset = await create_dataset(session, settings, params)
+    except (AppError, ValueError) as exc:  # not configured, unknown scorer, an id it cannot read
+        logger.warning("rollout.game_scores_failed rollout_id=%s source=%s error=%s", rollout.id, source, exc)
+        return None
+    rollout.score_dataset_id = dataset.id
+    logger.info(
+        "rollout.game_scores rollout_id=%s dataset_id=%s trajectories=%d",
+        rollout.id,
+        dataset.id,
+        len(unscored),
+    )
+    return dataset
 
 
 def stats_document(evaluation: Evaluation, evidence: Evidence, confidence: float) -> dict[str, Any]:
@@ -238,6 +291,7 @@ async def evaluate_rollout(
     stats = stats_document(evaluation, evidence, rollout.confidence)
     decision = decide(rollout, evaluation, evidence, settings, now)
     if decision.state is None:
+        await request_game_scores(session, settings, rollout, evidence.unscored, now)
         rollout.stats = stats
         rollout.reason = decision.reason
         rollout.evaluated_at = now

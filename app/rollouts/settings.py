@@ -18,3 +18,9 @@ class RolloutSettings(BaseModel):
     min_error_requests: int = Field(
         20, ge=1, description="requests per arm before the error rates are compared"
     )
+    game_score_interval_s: float = Field(
+        300.0,
+        gt=0,
+        description="a rollout on a scorer metric with a game installed: how often its unscored "
+        "trajectories are read from the game and scored (a dataset build)",
+    )

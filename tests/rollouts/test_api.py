@@ -6,7 +6,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import sqlalchemy as sa
+
+from app.config import Settings
+from app.datasets.models import Dataset
+from app.datasets.schemas import DatasetCreate
+from app.datasets.sources import register_source, unregister_source
 from app.db import utcnow
+from app.errors import StoredError
 from app.gateway.models import CapturedCompletion, GatewayRequest
 from app.ids import new_id
 from app.registry.models import Rollout
@@ -209,3 +216,60 @@ async def test_retention_keeps_the_candidate_of_a_running_rollout(rollout_servic
     async with app_state(svc.app).sessionmaker() as session:
         after = {c.step for c in await retention_candidates(session, keep_none, svc.agent.model)}
     assert 2 in after
+
+
+class GameSource:
+    """A game's source (registered as the default, as an installed game's is): never built here."""
+
+    name = "tinygame"
+    default_scorer: str | None = "pnl"
+
+    def check_params(self, params: DatasetCreate) -> None:
+        pass
+
+    def prepare(self, settings: Settings, params: DatasetCreate) -> dict[str, Any]:
+        return {}
+
+    def build(self, *args: Any) -> Any:
+        raise AssertionError("no worker runs in these tests")
+
+    def describe_error(self, exc: BaseException, settings: Settings) -> StoredError | None:
+        return None
+
+
+async def test_a_scorer_metric_with_a_game_has_the_arms_unscored_trajectories_scored_by_its_source(
+    rollout_service: RolloutService,
+) -> None:
+    svc = rollout_service
+    register_source(GameSource(), default=True)
+    try:
+        created = (await svc.http.post(URL, json=_body(metric="pnl", min_trajectories=5))).json()
+        now = utcnow()
+        async with app_state(svc.app).sessionmaker() as session:
+            session.add_all(
+                [
+                    _capture("game-a", svc.agent.artifact(1), now),
+                    _capture("game-b", svc.agent.artifact(2), now),
+                    _capture("game-c", svc.agent.artifact(2), now),
+                ]
+            )
+            await session.flush()
+            session.add(_score("game-c", 0.5, "2"))  # already scored: not asked again
+            await session.commit()
+            rollout = await session.get(Rollout, created["id"])
+            assert rollout is not None
+            settings = app_state(svc.app).settings
+            await evaluate_rollout(session, settings, rollout)
+            await evaluate_rollout(session, settings, rollout)  # the first build is still queued
+            await session.commit()
+            datasets = (await session.scalars(sa.select(Dataset))).all()
+        assert len(datasets) == 1
+        params = datasets[0].params
+        assert datasets[0].source == "tinygame"
+        assert (params["trajectory_ids"], params["scorer"], params["persist_scores"]) == (
+            ["game-a", "game-b"],
+            "pnl",
+            "all",
+        )
+    finally:
+        unregister_source("tinygame")
