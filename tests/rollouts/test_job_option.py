@@ -3,10 +3,12 @@ out on the alias instead of it being handed over at once; the worker evaluates (
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,6 +21,8 @@ from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.factories import make_dataset
 from tests.fixtures.gateway import seed_model
 from tests.fixtures.service import StartService, wait_for_job, wait_until
+from tests.jobs.test_webhooks import SECRET, Receiver, webhook_settings
+from tests.jobs.test_webhooks import receiver as receiver  # the fixture, shared
 
 BASE = "OpenPipe/Qwen3-14B-Instruct"
 
@@ -78,10 +82,10 @@ async def test_an_invalid_rollout_option_is_400_naming_the_field(
     assert response.json()["error"]["param"] == param
 
 
-async def test_a_succeeded_job_starts_a_rollout_of_its_final_checkpoint_which_the_worker_expires(
-    start_service: StartService, emulator: EmulatorHandle, game: WantsEveryJob
+async def test_a_succeeded_job_rolls_out_its_checkpoint_and_the_game_gets_it_only_once_promoted(
+    start_service: StartService, emulator: EmulatorHandle, game: WantsEveryJob, receiver: Receiver
 ) -> None:
-    async with start_service(rollouts={"eval_interval_s": 0.1}) as svc:
+    async with start_service(rollouts={"eval_interval_s": 0.1}, **webhook_settings(receiver)) as svc:
         # the line exists with `production` at step 1; the job continues it
         line = await seed_model(svc.app, emulator, "agent-r", steps=(1,), aliases={"production": 1})
 
@@ -126,3 +130,20 @@ async def test_a_succeeded_job_starts_a_rollout_of_its_final_checkpoint_which_th
             await session.commit()
         await wait_until(lambda: game.delivered, timeout_s=20, what="the hand-off after the promotion")
         assert game.delivered == [(second.id, "succeeded", done.fine_tuned_model)]
+
+        # each decision was a signed webhook (Standard Webhooks, as the jobs' are)
+        def rollout_events() -> list[dict[str, Any]]:
+            return [
+                json.loads(body)
+                for _, body, _ in receiver.on("/global")
+                if json.loads(body)["type"].startswith("rollout.")
+            ]
+
+        await wait_until(lambda: len(rollout_events()) == 2, timeout_s=20, what="the rollout webhooks")
+        assert [(e["type"], e["data"]["id"]) for e in rollout_events()] == [
+            ("rollout.expired", rollout["id"]),
+            ("rollout.promoted", again.json()["id"]),
+        ]
+        client = openai.OpenAI(api_key="unused", webhook_secret=SECRET)
+        for headers, body, _ in receiver.on("/global"):
+            client.webhooks.verify_signature(body.decode(), headers)
