@@ -463,8 +463,10 @@ async def finish_job(
     """Terminal transition + its event, webhook deliveries and pending game hand-off, in one flush."""
     transition(job, status)
     job.error = error
-    rolled_out = status == JobStatus.SUCCEEDED and await _start_job_rollout(session, settings, job)
-    if not rolled_out:  # a rollout hands the candidate to the game when it is promoted
+    if status == JobStatus.SUCCEEDED and job.rollout:
+        # gated: the game gets the checkpoint when a rollout promotes it (app/rollouts/)
+        await _start_job_rollout(session, settings, job)
+    else:
         await handoff.mark_pending(session, job)
     await add_event(
         session,
@@ -512,8 +514,9 @@ def _rollout_option(method: object) -> dict[str, Any] | None:
 
 async def _start_job_rollout(session: AsyncSession, settings: Settings, job: FineTuningJob) -> bool:
     """A succeeded job that opted in starts a rollout of its final checkpoint on its alias
-    instead of handing it over at once; a rollout that cannot start is said in a job event
-    (the alias is left alone) and the hand-off proceeds as without the option."""
+    instead of handing it over at once. A rollout that cannot start (another runs on the alias,
+    the alias does not exist) is a `warn` job event: the alias is left alone, and the game gets
+    the checkpoint only when a rollout started later promotes it."""
     if not job.rollout or job.served_model_id is None:
         return False
     model = await session.get(ServedModel, job.served_model_id)
@@ -535,7 +538,8 @@ async def _start_job_rollout(session: AsyncSession, settings: Settings, job: Fin
         await add_event(
             session,
             job.id,
-            f"Rollout not started, {options.alias!r} left as it was: {exc.message}",
+            f"Rollout not started, {options.alias!r} left as it was: {exc.message}. The game gets this "
+            f"checkpoint when a rollout promotes it (POST /v1/models/{model.name}/rollouts)",
             level="warn",
         )
         return False
