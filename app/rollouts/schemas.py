@@ -105,6 +105,9 @@ class RolloutObject(BaseModel):
     candidate_arm: ArmObject
     baseline_arm: ArmObject
     difference: DifferenceObject | None
+    mixed_trajectories: int = Field(
+        0, description="trajectories served by both checkpoints (an agent changing hour window): left out"
+    )
     job_id: str | None
     created_at: int
     expires_at: int
@@ -131,6 +134,7 @@ class RolloutObject(BaseModel):
             candidate_arm=ArmObject(**stats.get("candidate", {})),
             baseline_arm=ArmObject(**stats.get("baseline", {})),
             difference=DifferenceObject(**difference) if difference else None,
+            mixed_trajectories=int(stats.get("mixed_trajectories", 0)),
             job_id=row.job_id,
             created_at=to_unix(row.created_at) or 0,
             expires_at=to_unix(row.expires_at) or 0,

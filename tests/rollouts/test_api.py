@@ -178,6 +178,7 @@ async def test_a_scorer_metric_reads_persisted_scores_joined_to_the_serving_chec
     body = (await svc.http.get(f"{URL}/{created['id']}")).json()
     assert body["state"] == "promoted", body["reason"]
     assert (body["candidate_arm"]["n"], body["baseline_arm"]["n"]) == (20, 20)
+    assert body["mixed_trajectories"] == 1
     assert body["candidate_arm"]["mean"] == 1.0
 
 
