@@ -102,7 +102,9 @@ async def test_routing_is_sticky_by_trajectory_under_concurrency_and_respects_th
     rollout_service: RolloutService,
 ) -> None:
     svc = rollout_service
-    await _start(svc, "step2", share=0.3)
+    rollout = await _start(svc, "step2", share=0.3)
+    shown = (await svc.http.get("/v1/models/agent:production")).json()
+    assert (shown["rollout"], shown["served_model"]) == (rollout["id"], svc.agent.artifact(1))
     trajectories = [f"sticky-{i}" for i in range(150)]
     calls = [tid for tid in trajectories for _ in range(4)]
 
