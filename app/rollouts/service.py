@@ -292,10 +292,19 @@ async def evaluate_rollout(
     decision = decide(rollout, evaluation, evidence, settings, now)
     if decision.state is None:
         await request_game_scores(session, settings, rollout, evidence.unscored, now)
-        rollout.stats = stats
-        rollout.reason = decision.reason
-        rollout.evaluated_at = now
-        await session.flush()
+        # guarded like a decision: another worker's final state and reason are never overwritten
+        await session.execute(
+            sa.update(Rollout)
+            .where(Rollout.id == rollout.id, Rollout.state == RolloutState.RUNNING)
+            .values(
+                stats=stats,
+                reason=decision.reason,
+                evaluated_at=now,
+                score_dataset_id=rollout.score_dataset_id,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        await session.refresh(rollout)
         return rollout
     await finish_rollout(
         session, settings, rollout, decision.state, decision.reason, stats=stats, model=model, now=now
