@@ -274,3 +274,21 @@ async def test_a_scorer_metric_with_a_game_has_the_arms_unscored_trajectories_sc
         )
     finally:
         unregister_source("tinygame")
+
+
+async def test_a_late_evaluation_never_overwrites_a_decision_made_meanwhile(
+    rollout_service: RolloutService,
+) -> None:
+    svc = rollout_service
+    created = (await svc.http.post(URL, json=_body())).json()
+    maker = app_state(svc.app).sessionmaker
+    async with maker() as stale:
+        rollout = await stale.get(Rollout, created["id"])
+        assert rollout is not None
+        assert rollout.state == "running"
+        await stale.commit()  # the row object stays as read (SQLite: no transaction held meanwhile)
+        assert (await svc.http.post(f"{URL}/{created['id']}/cancel")).status_code == 200
+        await evaluate_rollout(stale, app_state(svc.app).settings, rollout)  # still "running" to it
+        await stale.commit()
+    body = (await svc.http.get(f"{URL}/{created['id']}")).json()
+    assert (body["state"], body["reason"]) == ("cancelled", "cancelled by a request")
