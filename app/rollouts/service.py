@@ -10,7 +10,11 @@ builds of pushed, uploaded or game trajectories) are used; with a game installed
 evaluation has the game's source score the arms' unscored trajectories from its database
 (`request_game_scores`: a dataset build, the sources' and scorers' own path). Observations are ordered by when
 their reward arrived, so each evaluation sees the previous one's sequence extended: what the
-confidence sequence (app/rollouts/stats.py) needs to stay valid across looks.
+confidence sequence (app/rollouts/stats.py) needs to stay valid across looks. A known limit:
+when one arm's rewards arrive systematically later (its games last longer), the early part of
+the sequence holds fewer of its trajectories than `share` says, which biases the interval
+until the late ones arrive; a trajectory re-scored by a newer scorer version moves to the
+time of its new score.
 
 Decisions (each an event, a webhook `rollout.<state>` and a state change, applied once even
 when several workers evaluate): promote (the alias moves to the candidate; the game's hand-off
