@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.gateway.settings import InferenceSettings
 from app.outbound import OutboundSettings
+from app.rollouts.settings import RolloutSettings
 from app.training.settings import TrainingSettings, WorkerSettings
 
 # Variables that must not stay in the process environment once read (art-serverless.md §7.2).
@@ -120,6 +121,7 @@ class Settings(BaseSettings):
     inference: InferenceSettings = InferenceSettings()
     outbound: OutboundSettings = OutboundSettings()
     babylon: BabylonSettings = BabylonSettings()
+    rollouts: RolloutSettings = RolloutSettings()
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -51,6 +51,14 @@ OPENAPI_TAGS: list[dict[str, Any]] = [
         "into datasets later by scenario or window.",
     },
     {
+        "name": "rollouts",
+        "description": "Reward-gated rollouts: a candidate checkpoint serves a share of an alias's traffic "
+        "(sticky by trajectory) until the rewards its trajectories earn decide, with an always-valid "
+        "confidence sequence: promoted (the alias moves), rolled back, or expired. Each decision is an "
+        "event and a webhook (`rollout.promoted`, `rollout.rolled_back`, `rollout.expired`, "
+        "`rollout.cancelled`).",
+    },
+    {
         "name": "scores",
         "description": "Local scorers (the game's own formulas) and the scores they gave each trajectory.",
     },

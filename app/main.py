@@ -38,6 +38,7 @@ from app.keys.service import Authenticator, count_active_keys
 from app.logs import configure_logging
 from app.middleware import RequestContextMiddleware, StartupErrorMiddleware
 from app.registry.router import create_router as create_models_router
+from app.rollouts.router import router as rollouts_router
 from app.scoring.router import router as scoring_router
 from app.state import AppState, app_state
 from app.training.keycheck import WandbKeyChecker
@@ -180,6 +181,8 @@ def create_app(settings: Settings, adapters: Sequence[GameAdapter] = GAME_ADAPTE
     for adapter in adapters:
         for router in adapter.routers:
             app.include_router(router, **protected)
+    # before the model routes: their GET /v1/models/{model_id:path} would match these paths
+    app.include_router(rollouts_router, **protected)
     app.include_router(create_models_router(GatewayRoute))
     app.include_router(usage_router, **protected)
     app.include_router(keys_router, **protected)

@@ -65,5 +65,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         pace_s=args.pace_s,
         babylon_db=args.babylon_db,
         keep_running=args.keep_running,
+        rollout=args.rollout,
     )
     return Demo(options, Reporter(json_mode=args.json)).run()

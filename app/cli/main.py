@@ -290,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the game into this Postgres (it must have the game's schema) and read it back",
     )
     demo.add_argument("--keep-running", action="store_true", help="keep the service up after the demo")
+    demo.add_argument(
+        "--rollout",
+        action="store_true",
+        help="then roll a better and a worse checkpoint out on production, decided by the game's rewards",
+    )
     demo.set_defaults(func=dev.cmd_demo)
     return parser
 

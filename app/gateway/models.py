@@ -19,7 +19,11 @@ class CapturedCompletion(TimestampMixin, Base):
     """
 
     __tablename__ = "captured_completions"
-    __table_args__ = (sa.Index(None, "trajectory_id", "step", "created_at"),)
+    __table_args__ = (
+        sa.Index(None, "trajectory_id", "step", "created_at"),
+        # a rollout's evaluation reads the captures its two checkpoints served since it started
+        sa.Index("ix_captured_completions_served_created", "upstream_model", "created_at"),
+    )
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # cap-…
     trajectory_id: Mapped[str] = mapped_column(sa.String(200), nullable=False)

@@ -46,7 +46,13 @@ from app.gateway.writer import BatchWriter
 from app.keys.ratelimit import RateLimiter
 from app.keys.service import Principal
 from app.logs import current_request_id
-from app.registry.resolution import ModelResolver, Resolution, base_model_upstream_name, check_access
+from app.registry.resolution import (
+    ModelResolver,
+    Resolution,
+    RolloutSplit,
+    base_model_upstream_name,
+    check_access,
+)
 from app.registry.service import model_not_found
 
 logger = logging.getLogger(__name__)
@@ -221,6 +227,9 @@ class Gateway:
         resolution = await self.resolver.resolve(model)
         if call.principal is not None:
             check_access(call.principal.models, resolution)
+        if resolution.split is not None:
+            # after the access check: both arms are checkpoints of the same model line
+            resolution = _rollout_arm(resolution, resolution.split, plan, payload)
         served = resolution.upstream_model
         if resolution.deleted:
             if not (resolution.fallback and resolution.base_model):
@@ -454,6 +463,20 @@ async def _wait_for_disconnect(receive: Receive, call: GatewayCall) -> None:
     if not call.finished and call.task is not None:
         call.client_gone = True
         call.task.cancel()
+
+
+def _rollout_arm(
+    resolution: Resolution, split: RolloutSplit, plan: _Plan, payload: dict[str, Any]
+) -> Resolution:
+    """The arm of a running rollout this request takes (sticky by trajectory, then agent)."""
+    target = plan.capture
+    if target is not None:
+        takes = split.takes(target.trajectory_id, target.agent_id)
+    else:
+        metadata = payload.get("metadata")
+        agent = metadata.get("agent_id") if isinstance(metadata, dict) else None
+        takes = split.takes(None, agent if isinstance(agent, str) else None)
+    return split.candidate if takes else resolution
 
 
 def _parse_body(body: bytes) -> dict[str, Any]:

@@ -155,6 +155,28 @@ def hyperparameters_request_schema() -> dict[str, Any]:
     }
 
 
+def rollout_option_schema() -> dict[str, Any]:
+    """`method.reinforcement.rollout` (a service extension; app/registry/rollouts.py validates)."""
+    return {
+        "type": "object",
+        "title": "RolloutOption",
+        "description": "When the job succeeds, start a reward-gated rollout of its final checkpoint on "
+        "`alias` (not latest/best) instead of handing it to the game at once: the candidate serves "
+        "`share` of the alias's traffic until its trajectories' rewards promote it (the alias moves, "
+        "the game's hand-off runs) or roll it back. See POST /v1/models/{name}/rollouts.",
+        "required": ["alias"],
+        "additionalProperties": False,
+        "properties": {
+            "alias": {"type": "string", "examples": ["production"]},
+            "share": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.1},
+            "metric": {"type": "string", "default": "reward"},
+            "min_trajectories": {"type": "integer", "minimum": 5, "default": 30},
+            "confidence": {"type": "number", "minimum": 0.5, "exclusiveMaximum": 1, "default": 0.95},
+            "max_duration": {"type": "integer", "minimum": 1, "default": 86400},
+        },
+    }
+
+
 def method_request_schema() -> dict[str, Any]:
     """The JSON schema of `method`: only OpenAI's reinforcement method is supported."""
     return {
@@ -166,7 +188,10 @@ def method_request_schema() -> dict[str, Any]:
             "type": {"const": "reinforcement"},
             "reinforcement": {
                 "type": "object",
-                "properties": {"hyperparameters": hyperparameters_request_schema()},
+                "properties": {
+                    "hyperparameters": hyperparameters_request_schema(),
+                    "rollout": rollout_option_schema(),
+                },
             },
         },
         "required": ["type"],

@@ -88,6 +88,9 @@ class FineTuningJob(TimestampMixin, Base):
     webhook_urls: Mapped[list[str]] = mapped_column(JSONType, nullable=False, default=list)
     # the game's training_batches row this job trains (POST /train, watch mode); one job per batch
     babylon_batch_id: Mapped[str | None] = mapped_column(sa.String(200), nullable=True, unique=True)
+    # `method.reinforcement.rollout`: on success, roll the final checkpoint out on this alias
+    # (app/registry/rollouts.py options) instead of handing it to the game at once
+    rollout: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     # null | pending | done | failed: the write-back to the game after the last step
     handoff_status: Mapped[str | None] = mapped_column(sa.String(16), nullable=True)
     cancel_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -169,8 +172,12 @@ class WebhookDelivery(TimestampMixin, Base):
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # whd-…
     # Standard Webhooks `webhook-id`: the same for every retry, so receivers can deduplicate
     message_id: Mapped[str] = mapped_column(sa.String(40), nullable=False)
-    job_id: Mapped[str] = mapped_column(
-        sa.String(40), sa.ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), nullable=False, index=True
+    # what it is about: a job, or a rollout (`rollout.promoted`, …; job_id is then its job, if any)
+    job_id: Mapped[str | None] = mapped_column(
+        sa.String(40), sa.ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    rollout_id: Mapped[str | None] = mapped_column(
+        sa.String(40), sa.ForeignKey("rollouts.id", ondelete="CASCADE"), nullable=True, index=True
     )
     event_type: Mapped[str] = mapped_column(sa.String(64), nullable=False)
     url: Mapped[str] = mapped_column(sa.String(2000), nullable=False)

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.datasets.models import Dataset, DatasetStatus
 from app.db import utcnow
-from app.errors import BadRequest, Conflict, NotFound
+from app.errors import AppError, BadRequest, Conflict, NotFound
 from app.files.service import resolve_training_file
 from app.ids import new_id
 from app.jobs import handoff, webhooks
@@ -37,7 +37,9 @@ from app.jobs.states import transition
 from app.pagination import after_row, created_order, cursor_anchor, fetch_page
 from app.queue.workers import require_training_worker
 from app.registry import service as registry
-from app.registry.models import Checkpoint
+from app.registry.models import Checkpoint, ServedModel
+from app.registry.policy import COMPUTED_ALIASES, BestRule
+from app.registry.rollouts import parse_rollout_options, start_rollout
 
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 METADATA_MAX_PAIRS, METADATA_MAX_KEY, METADATA_MAX_VALUE = 16, 64, 512
@@ -249,6 +251,7 @@ async def create_job(
     _check_suffix(request.suffix)
     metadata = _check_metadata(request.metadata)
     hp = resolve_hyperparameters(request.hyperparameters, request.method)
+    rollout = _rollout_option(request.method)
     seed = _check_seed(request.seed)
     urls = _job_webhook_urls(request, metadata, settings)
 
@@ -282,6 +285,7 @@ async def create_job(
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint(request) if idempotency_key else None,
         webhook_urls=urls,
+        rollout=rollout,
         attempts=0,
     )
     session.add(job)
@@ -472,7 +476,11 @@ async def finish_job(
     """Terminal transition + its event, webhook deliveries and pending game hand-off, in one flush."""
     transition(job, status)
     job.error = error
-    await handoff.mark_pending(session, job)
+    if status == JobStatus.SUCCEEDED and job.rollout:
+        # gated: the game gets the checkpoint when a rollout promotes it (app/rollouts/)
+        await _start_job_rollout(session, settings, job)
+    else:
+        await handoff.mark_pending(session, job)
     await add_event(
         session,
         job.id,
@@ -482,3 +490,77 @@ async def finish_job(
     )
     webhooks.enqueue_job_notification(session, settings, job)
     await session.flush()
+
+
+ROLLOUT_PARAM = "method.reinforcement.rollout."
+
+
+def _rollout_option(method: object) -> dict[str, Any] | None:
+    """`method.reinforcement.rollout`: validated now (400 naming the field), used at success."""
+    section = method.get("reinforcement") if isinstance(method, dict) else None
+    raw = section.get("rollout") if isinstance(section, dict) else None
+    if raw is None:
+        return None
+    options = parse_rollout_options(raw, prefix=ROLLOUT_PARAM, candidate_required=False)
+    if options.candidate is not None:
+        raise BadRequest(
+            f"{ROLLOUT_PARAM}candidate: the job's final checkpoint is the candidate; leave it out",
+            param=f"{ROLLOUT_PARAM}candidate",
+            code="invalid_rollout",
+        )
+    if options.alias in COMPUTED_ALIASES:
+        raise BadRequest(
+            f"{ROLLOUT_PARAM}alias: {options.alias!r} follows every step a job completes; roll out on "
+            "an alias you move yourself (e.g. 'production')",
+            param=f"{ROLLOUT_PARAM}alias",
+            code="invalid_rollout",
+        )
+    return {
+        "alias": options.alias,
+        "share": options.share,
+        "metric": options.metric,
+        "min_trajectories": options.min_trajectories,
+        "confidence": options.confidence,
+        "max_duration": options.max_duration_s,
+    }
+
+
+async def _start_job_rollout(session: AsyncSession, settings: Settings, job: FineTuningJob) -> bool:
+    """A succeeded job that opted in starts a rollout of its final checkpoint on its alias
+    instead of handing it over at once. A rollout that cannot start (another runs on the alias,
+    the alias does not exist) is a `warn` job event: the alias is left alone, and the game gets
+    the checkpoint only when a rollout started later promotes it."""
+    if not job.rollout or job.served_model_id is None:
+        return False
+    model = await session.get(ServedModel, job.served_model_id)
+    candidate = await registry.last_job_checkpoint(session, job.id)
+    if model is None or candidate is None:
+        return False
+    options = parse_rollout_options({**job.rollout, "candidate": candidate.id}, prefix=ROLLOUT_PARAM)
+    try:
+        rollout = await start_rollout(
+            session,
+            model,
+            options,
+            BestRule.of(settings),
+            candidate=candidate,
+            job_id=job.id,
+            webhook_urls=list(job.webhook_urls or []),
+        )
+    except AppError as exc:
+        await add_event(
+            session,
+            job.id,
+            f"Rollout not started, {options.alias!r} left as it was: {exc.message}. The game gets this "
+            f"checkpoint when a rollout promotes it (POST /v1/models/{model.name}/rollouts)",
+            level="warn",
+        )
+        return False
+    await add_event(
+        session,
+        job.id,
+        f"Rollout {rollout.id} started: step {candidate.step} serves {options.share:.0%} of "
+        f"{model.name}:{options.alias} until its rewards decide (GET /v1/models/{model.name}/rollouts/{rollout.id})",
+        data={"rollout_id": rollout.id, "alias": options.alias, "candidate": candidate.id},
+    )
+    return True

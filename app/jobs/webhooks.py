@@ -1,4 +1,5 @@
-"""Job webhooks: `fine_tuning.job.succeeded|failed|cancelled`, signed the Standard Webhooks way.
+"""Webhooks: `fine_tuning.job.succeeded|failed|cancelled` and the rollouts' decisions
+(`rollout.promoted|rolled_back|expired|cancelled`, app/rollouts/service.py), signed the Standard Webhooks way.
 
 Deliveries are an outbox: rows staged in the transaction that ends the job, then sent by a
 dispatcher (in every worker) with retries and exponential backoff. Each row records its
@@ -58,6 +59,20 @@ def enqueue_job_notification(
     if event_type is None:
         return []
     urls = list(dict.fromkeys([*settings.training.webhook_urls, *(job.webhook_urls or [])]))
+    return enqueue_event(session, urls, event_type, {"id": job.id}, job_id=job.id)
+
+
+def enqueue_event(
+    session: AsyncSession,
+    urls: list[str],
+    event_type: str,
+    data: dict[str, object],
+    *,
+    job_id: str | None = None,
+    rollout_id: str | None = None,
+) -> list[WebhookDelivery]:
+    """Stage one delivery of one event (`{id, object: "event", created_at, type, data}`) per URL,
+    in the caller's transaction; the dispatcher sends them (jobs' and rollouts' events alike)."""
     if not urls:
         return []
     message_id = new_id("evt")
@@ -67,13 +82,14 @@ def enqueue_job_notification(
         "object": "event",
         "created_at": to_unix(now),
         "type": event_type,
-        "data": {"id": job.id},
+        "data": data,
     }
     rows = [
         WebhookDelivery(
             id=new_id("whd"),
             message_id=message_id,
-            job_id=job.id,
+            job_id=job_id,
+            rollout_id=rollout_id,
             event_type=event_type,
             url=url,
             payload=payload,

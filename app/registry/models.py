@@ -101,3 +101,79 @@ class AliasEvent(Base):
     previous_checkpoint_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
     actor: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+
+
+class RolloutState(StrEnum):
+    """`rollouts.state`: one `running` rollout per alias; the others are final."""
+
+    RUNNING = "running"
+    PROMOTED = "promoted"  # the alias moved to the candidate
+    ROLLED_BACK = "rolled_back"  # the alias stays; the candidate lost
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"  # max_duration passed without a decision
+
+
+class Rollout(TimestampMixin, Base):
+    """A candidate checkpoint earning `share` of an alias's traffic until its rewards decide.
+
+    While `running`, name resolution splits the alias (app/registry/resolution.py); the
+    evaluation (app/rollouts/) keeps `stats` and moves `state`.
+    """
+
+    __tablename__ = "rollouts"
+    __table_args__ = (
+        sa.Index(None, "model_id", "created_at"),
+        # at most one running rollout per alias, enforced by the database on both backends
+        sa.Index(
+            "ux_rollouts_running_alias",
+            "model_id",
+            "alias",
+            unique=True,
+            sqlite_where=sa.text("state = 'running'"),
+            postgresql_where=sa.text("state = 'running'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # rollout-…
+    model_id: Mapped[str] = mapped_column(
+        sa.String(40), sa.ForeignKey("served_models.id", ondelete="CASCADE"), nullable=False
+    )
+    alias: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    candidate_checkpoint_id: Mapped[str] = mapped_column(
+        sa.String(40), sa.ForeignKey("checkpoints.id", ondelete="CASCADE"), nullable=False
+    )
+    baseline_checkpoint_id: Mapped[str] = mapped_column(
+        sa.String(40), sa.ForeignKey("checkpoints.id", ondelete="CASCADE"), nullable=False
+    )
+    share: Mapped[float] = mapped_column(sa.Float, nullable=False)
+    metric: Mapped[str] = mapped_column(sa.String(64), nullable=False)
+    min_trajectories: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    confidence: Mapped[float] = mapped_column(sa.Float, nullable=False)
+    max_duration_s: Mapped[int] = mapped_column(sa.Integer, nullable=False)
+    state: Mapped[str] = mapped_column(sa.String(16), nullable=False, index=True)
+    reason: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    salt: Mapped[str] = mapped_column(sa.String(64), nullable=False)  # keys the sticky hash
+    job_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)  # the job that started it
+    webhook_urls: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)  # the last evaluation
+    # a scorer metric with a game installed: the last dataset build asked to score its trajectories
+    score_dataset_id: Mapped[str | None] = mapped_column(sa.String(40), nullable=True)
+    evaluated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), nullable=False)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class RolloutEvent(Base):
+    """What happened to a rollout (started, each decision), oldest first."""
+
+    __tablename__ = "rollout_events"
+    __table_args__ = (sa.Index(None, "rollout_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)  # rolloutevt-…
+    rollout_id: Mapped[str] = mapped_column(
+        sa.String(40), sa.ForeignKey("rollouts.id", ondelete="CASCADE"), nullable=False
+    )
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    type: Mapped[str] = mapped_column(sa.String(32), nullable=False)  # rollout.started, rollout.promoted…
+    message: Mapped[str] = mapped_column(sa.Text, nullable=False)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)

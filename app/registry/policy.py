@@ -3,8 +3,8 @@ the aliases that move as steps finish and by name resolution when no alias row i
 the checkpoint retention policy.
 
 Retention keeps, per model line: the latest checkpoint, the best one by
-`TRAINING__BEST_METRIC`, the last `TRAINING__KEEP_LAST_CHECKPOINTS`, and anything an alias
-points to (e.g. an operator's `production`); the rest is deleted on W&B (~200 MB each) and
+`TRAINING__BEST_METRIC`, the last `TRAINING__KEEP_LAST_CHECKPOINTS`, anything an alias
+points to (e.g. an operator's `production`) and both arms of a running rollout; the rest is deleted on W&B (~200 MB each) and
 marked deleted here. ART's own `delete_checkpoints` reads a local history file and in a
 stateless container keeps only the latest (art-serverless.md §7.7), so the policy lives here.
 """
@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.db import utcnow
-from app.registry.models import Checkpoint, CheckpointOrigin, ModelAlias, ServedModel
+from app.registry.models import Checkpoint, CheckpointOrigin, ModelAlias, Rollout, RolloutState, ServedModel
 from app.registry.service import set_alias
 
 COMPUTED_ALIASES = ("latest", "best")
@@ -113,6 +113,14 @@ async def retention_candidates(
         sa.select(ModelAlias.checkpoint_id).where(ModelAlias.model_id == model.id)
     )
     keep.update(aliased.all())
+    # both arms of a running rollout serve traffic: neither may go while it runs
+    arms = await session.execute(
+        sa.select(Rollout.candidate_checkpoint_id, Rollout.baseline_checkpoint_id).where(
+            Rollout.model_id == model.id, Rollout.state == RolloutState.RUNNING
+        )
+    )
+    for candidate, baseline in arms.all():
+        keep.update((candidate, baseline))
     return [c for c in ckpts if c.id not in keep]
 
 

@@ -26,6 +26,9 @@ database take effect within that time (moves made through this process's API at 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
+import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -39,6 +42,7 @@ from app.keys.scopes import ModelAccess, subjects
 from app.registry import service
 from app.registry.models import Checkpoint, CheckpointOrigin, ServedModel
 from app.registry.policy import COMPUTED_ALIASES, BestRule, computed_alias, live_checkpoints
+from app.registry.rollouts import rollout_checkpoints, running_rollout
 from app.registry.service import ARTIFACT_PREFIX, model_not_found
 
 MAX_NAME_LENGTH = 500
@@ -58,10 +62,47 @@ class Resolution:
     deleted: bool = False  # the checkpoint is gone (deleted_at set)
     fallback: bool = False  # serve base_model when the checkpoint is gone
     model_name: str | None = None  # the model line's name (what a key's model patterns match)
+    split: RolloutSplit | None = None  # a running rollout shares this alias with a candidate
 
     @property
     def is_base_model(self) -> bool:
         return self.model_id is None
+
+
+AGENT_WINDOW_S = 3600  # an agent without a trajectory id keeps one arm for this window
+_HASH_SPACE = 1 << 64
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutSplit:
+    """An alias under a running rollout: `candidate` serves `share` of the traffic, sticky by
+    trajectory. The arm is a keyed BLAKE2b hash (RFC 7693) of the trajectory id with the
+    rollout's secret salt as the key: the same trajectory always gets the same arm, different
+    rollouts split independently, and callers cannot steer the assignment (so it is independent
+    of anything about the trajectory, as the evaluation's randomisation assumes)."""
+
+    rollout_id: str
+    share: float
+    key: bytes
+    candidate: Resolution
+    threshold: int = 0
+
+    @classmethod
+    def of(cls, rollout_id: str, share: float, salt: str, candidate: Resolution) -> RolloutSplit:
+        return cls(rollout_id, share, salt.encode(), candidate, int(share * _HASH_SPACE))
+
+    def takes(self, trajectory_id: str | None, agent_id: str | None, now: float | None = None) -> bool:
+        """Whether this request goes to the candidate: by `trajectory_id`, else by `agent_id`
+        within its hour window, else at random."""
+        if trajectory_id:
+            sticky = trajectory_id
+        elif agent_id:
+            window = int((time.time() if now is None else now) // AGENT_WINDOW_S)
+            sticky = f"agent\x1f{agent_id}\x1f{window}"
+        else:
+            return random.random() < self.share
+        digest = hashlib.blake2b(sticky.encode(), digest_size=8, key=self.key).digest()
+        return int.from_bytes(digest, "big") < self.threshold
 
 
 # What goes upstream, as openpipe-art 0.5.18 itself names it (sources in .venv/lib/python3.11/
@@ -194,7 +235,15 @@ async def _from_tag(
             else f"model {model.name!r} has no alias {alias!r}"
         )
         raise model_not_found(name, detail)
-    return _resolution(name, model, ckpt, rules)
+    resolution = _resolution(name, model, ckpt, rules)
+    rollout = await running_rollout(session, model.id, alias)
+    if rollout is None:
+        return resolution
+    candidate, _ = await rollout_checkpoints(session, rollout)
+    split = RolloutSplit.of(
+        rollout.id, rollout.share, rollout.salt, _resolution(name, model, candidate, rules)
+    )
+    return dataclasses.replace(resolution, split=split)
 
 
 async def _has_checkpoints(session: AsyncSession, model: ServedModel) -> bool:

@@ -63,6 +63,11 @@ class ModelObject(BaseModel):
     fallback: bool | None = Field(
         None, description="true when the checkpoint is gone and the base model serves"
     )
+    rollout: str | None = Field(
+        None,
+        description="a running rollout serves a candidate to part of this name's traffic "
+        "(GET /v1/models/{name}/rollouts/{id}); `served_model` is the rest's",
+    )
 
     @classmethod
     def of_base_model(cls, name: str) -> Self:
@@ -94,6 +99,7 @@ class ModelObject(BaseModel):
             checkpoint=resolution.checkpoint_id,
             step=resolution.step,
             fallback=fallback,
+            rollout=resolution.split.rollout_id if resolution.split is not None else None,
         )
 
 

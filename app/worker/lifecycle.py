@@ -24,10 +24,17 @@ async def startup(app: FastAPI) -> None:
             metrics=state.job_metrics,
             in_api=True,
             key_checker=state.wandb_key,
+            on_alias_moved=lambda: _forget_resolutions(app),
         ),
     )
     await worker.start()
     state.worker = worker
+
+
+def _forget_resolutions(app: FastAPI) -> None:
+    gateway = app_state(app).gateway
+    if gateway is not None:
+        gateway.resolver.invalidate()
 
 
 async def shutdown(app: FastAPI) -> None:

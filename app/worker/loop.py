@@ -31,6 +31,7 @@ from app.queue import workers as registry
 from app.queue.items import finish
 from app.queue.leases import claim_next_item, item_held, release, renew_leases
 from app.queue.models import WandbKeyStatus, WorkItem, WorkKind, WorkStatus
+from app.rollouts import service as rollouts
 from app.training.checkpoints import sweep_late_checkpoints
 from app.training.control import Clock, Stop
 from app.training.keycheck import WandbKeyChecker
@@ -76,8 +77,11 @@ class Worker:
         trainer_factory: TrainerFactory = wandb_trainer,
         key_checker: WandbKeyChecker | None = None,
         clock: Clock | None = None,
+        on_alias_moved: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        # in the API: forget the gateway's resolved names when a rollout decision moved an alias
+        self._on_alias_moved = on_alias_moved
         self.sessionmaker = sessionmaker
         self.metrics = metrics
         self.worker_id = worker_id or default_worker_id()
@@ -124,6 +128,7 @@ class Worker:
             asyncio.create_task(self._webhook_loop(), name="worker-webhooks"),
             asyncio.create_task(self._handoff_loop(), name="worker-handoffs"),
             asyncio.create_task(self._maintenance_loop(), name="worker-maintenance"),
+            asyncio.create_task(self._rollout_loop(), name="worker-rollouts"),
         ]
         logger.info(
             "worker.started worker=%s max_jobs=%s wandb_key=%s",
@@ -430,6 +435,21 @@ class Worker:
         while not self._stopping:
             await self._deliver_webhooks()
             await self._idle(min(1.0, self.settings.worker.poll_interval_s))
+
+    async def _rollout_loop(self) -> None:
+        """Evaluate the running rollouts every `ROLLOUTS__EVAL_INTERVAL_S` (app/rollouts/): each
+        decision is applied once even when several workers look (a guarded update)."""
+        while not self._stopping:
+            try:
+                if await rollouts.evaluate_running(self.sessionmaker, self.settings):
+                    if self._on_alias_moved is not None:
+                        self._on_alias_moved()
+                    await self._deliver_webhooks()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("worker.rollout_loop_failed worker=%s", self.worker_id)
+            await self._idle(self.settings.rollouts.eval_interval_s)
 
     async def _handoff_loop(self) -> None:
         """Retry pending game hand-offs; let the games start jobs for work they queued

@@ -6,7 +6,10 @@
 3. build a dataset and show its stats;
 4. fine-tune with the openai SDK and follow the job;
 5. ask the new model (and its `:latest` alias) through the gateway;
-6. say where to look next.
+6. say where to look next;
+7. with --rollout: reward-gated rollouts on the trained line's `production` alias, in a game
+   whose win rate depends on the checkpoint that served (the emulator's `skills`): a better
+   candidate is promoted, a worse one rolled back, both decided by the worker.
 
 Each stage records its result in a summary; the exit code is 0 only if every stage succeeded.
 """
@@ -57,6 +60,13 @@ class DemoOptions:
     babylon_db: str | None = None
     keep_running: bool = False
     timeout_s: float = 150.0
+    rollout: bool = False
+
+
+# --rollout: the simulated game's win rate per checkpoint (the emulator's `skills`)
+ROLLOUT_SKILLS = {":step1": 0.5, ":step2": 0.9, ":step3": 0.1}
+ROLLOUT_ROUND = 40
+ROLLOUT_MAX_ROUNDS = 10
 
 
 class StageFailed(Exception):
@@ -128,6 +138,7 @@ class Demo:
             "WORKER__POLL_INTERVAL_S": "0.2",
             "WORKER__EVENT_POLL_INTERVAL_S": "0.2",
             "LOG_LEVEL": "INFO",
+            "ROLLOUTS__EVAL_INTERVAL_S": "0.5",
         }
         if self.options.babylon_db:
             service_env["BABYLON_DATABASE_URL"] = self.options.babylon_db
@@ -349,6 +360,114 @@ class Demo:
         )
         return {"answers": answers}
 
+    def rollouts(self) -> dict[str, Any]:
+        """Two rollouts on `<line>:production` (at step 1): step 2 (better) then step 3 (worse)."""
+        model = self.summary["fine_tuned_model"]
+        line = re.sub(r":step\d+$", "", model).rsplit("/", 1)[-1]
+        admin = self.emulator_url.removesuffix("/v1") + "/_emulator/config"
+        with httpx.Client(timeout=30.0) as emulator:
+            _raise_for(emulator.post(admin, json={"skills": ROLLOUT_SKILLS}))
+        self.report.detail(f"  the game's win rate by checkpoint: {ROLLOUT_SKILLS}")
+        results: dict[str, Any] = {}
+        with self.http() as client:
+            _raise_for(
+                client.post(f"/v1/models/{line}/aliases", json={"alias": "production", "checkpoint": 1})
+            )
+            self.report.ok(f"{line}:production → step 1")
+            for candidate, expected in ((2, "promoted"), (3, "rolled_back")):
+                results[f"step{candidate}"] = self._one_rollout(client, line, candidate, expected)
+        return results
+
+    def _one_rollout(self, client: httpx.Client, line: str, candidate: int, expected: str) -> dict[str, Any]:
+        body = {"alias": "production", "candidate": candidate, "share": 0.5, "min_trajectories": 10}
+        response = client.post(f"/v1/models/{line}/rollouts", json=body)
+        _raise_for(response)
+        rollout = response.json()
+        self.report.ok(
+            f"rollout {rollout['id']}: step {candidate} gets 50% of {line}:production "
+            f"(step {rollout['baseline']['step']}), sticky by trajectory"
+        )
+        sdk = self.sdk()
+        played = 0
+        for round_ in range(ROLLOUT_MAX_ROUNDS):
+            items, served = [], {}
+            for i in range(ROLLOUT_ROUND):
+                tid = f"rollout-{candidate}-{round_}-{i}"
+                raw = sdk.chat.completions.with_raw_response.create(
+                    model=f"{line}:production",
+                    messages=[{"role": "user", "content": f"{tid}: the market is open. Your move?"}],
+                    metadata={"trajectory_id": tid},
+                )
+                answer = raw.parse().choices[0].message.content or ""
+                served[tid] = raw.headers.get("x-gateway-served-model", "")
+                reward = 1.0 if answer.startswith("win") else 0.0
+                items.append(
+                    {
+                        "messages_and_choices": [
+                            {"role": "user", "content": tid},
+                            {"role": "assistant", "content": answer},
+                        ],
+                        "reward": reward,
+                        "metadata": {"scenario_id": "rollout-demo", "trajectory_id": tid},
+                    }
+                )
+            _raise_for(client.post("/v1/trajectories", json={"trajectories": items}))
+            played += len(items)
+            on_candidate = sum(s.endswith(f":step{candidate}") for s in served.values())
+            self.report.detail(
+                f"  {played} trajectories played ({on_candidate}/{len(items)} of this round on step {candidate})"
+            )
+            rollout = self._wait_for_evaluation(client, line, rollout["id"])
+            if rollout["state"] != "running":
+                break
+        cand, base, diff = rollout["candidate_arm"], rollout["baseline_arm"], rollout["difference"]
+        self.report.table(
+            f"rollout {rollout['id']}: {rollout['state']}",
+            [
+                (f"candidate (step {candidate})", _fmt_arm(cand)),
+                (f"baseline (step {rollout['baseline']['step']})", _fmt_arm(base)),
+                (
+                    "difference",
+                    f"{diff['estimate']:+.3f}, {diff['confidence']:.0%} confidence sequence "
+                    f"[{diff['lower']:+.3f}, {diff['upper']:+.3f}]"
+                    if diff
+                    else "n/a",
+                ),
+                ("reason", rollout["reason"]),
+            ],
+        )
+        events = client.get(f"/v1/models/{line}/rollouts/{rollout['id']}/events").json()["data"]
+        for event in events:
+            self.report.detail(f"  event {event['type']}: {event['message']}")
+        production = client.get(f"/v1/models/{line}:production").json()
+        self.report.ok(f"{line}:production now serves step {production['step']}")
+        if rollout["state"] != expected:
+            raise RuntimeError(f"rollout of step {candidate} ended {rollout['state']}, expected {expected}")
+        return {
+            "rollout_id": rollout["id"],
+            "state": rollout["state"],
+            "trajectories": played,
+            "candidate": cand,
+            "baseline": base,
+            "difference": diff,
+            "production_step": production["step"],
+        }
+
+    def _wait_for_evaluation(self, client: httpx.Client, line: str, rollout_id: str) -> dict[str, Any]:
+        """The worker evaluates every ROLLOUTS__EVAL_INTERVAL_S: wait for a look at this round."""
+        before: dict[str, Any] = client.get(f"/v1/models/{line}/rollouts/{rollout_id}").json()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            current: dict[str, Any] = client.get(f"/v1/models/{line}/rollouts/{rollout_id}").json()
+            if current["state"] != "running" or (
+                current["evaluated_at"] != before["evaluated_at"]
+                and current["candidate_arm"]["n"] + current["baseline_arm"]["n"]
+                > before["candidate_arm"]["n"] + before["baseline_arm"]["n"]
+            ):
+                return current
+        return before
+
     def next_steps(self) -> dict[str, Any]:
         url = self.service_url
         job = self.summary.get("job_id", "")
@@ -391,6 +510,8 @@ class Demo:
                 self.stage("training", "4. Fine-tuning with the openai SDK", self.train)
                 self.stage("inference", "5. Asking the new model", self.ask)
                 self.stage("next", "6. Where to look next", self.next_steps)
+                if self.options.rollout:
+                    self.stage("rollouts", "7. Reward-gated rollouts", self.rollouts)
                 self.summary["ok"] = True
                 if self.options.keep_running:
                     self.report.ok(
@@ -472,6 +593,13 @@ def _fmt_reward(stats: dict[str, Any]) -> str:
     if mean is None:
         return "n/a"
     return f"{mean:.3f} / {std:.3f}" if std is not None else f"{mean:.3f}"
+
+
+def _fmt_arm(arm: dict[str, Any]) -> str:
+    if not arm["n"]:
+        return "no trajectories yet"
+    std = f" ± {arm['std']:.3f}" if arm.get("std") is not None else ""
+    return f"n={arm['n']}  mean reward {arm['mean']:.3f}{std}  ({arm['requests']} requests, {arm['errors']} errors)"
 
 
 def _fmt_metrics(row: dict[str, Any]) -> str:

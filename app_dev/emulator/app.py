@@ -118,7 +118,7 @@ def _check_served_model(state: EmulatorState, name: str) -> None:
 async def chat_completions(state: StateDep, body: Annotated[ChatCompletionCreate, Body()]) -> Response:
     _check_served_model(state, body.model)
     config = state.config
-    completion = generate(body, completion_tokens=config.completion_tokens)
+    completion = generate(body, completion_tokens=config.completion_tokens, skill=config.skill(body.model))
     if not body.stream:
         return JSONResponse(completion_body(completion, body))
 

@@ -146,7 +146,9 @@ class Generated:
     finish_reason: str
 
 
-def _generate_one(request: ChatCompletionCreate, index: int, budget: int, full: int, salt: str) -> Generated:
+def _generate_one(
+    request: ChatCompletionCreate, index: int, budget: int, full: int, salt: str, skill: float | None = None
+) -> Generated:
     tool = _chosen_tool(request)
     if tool is not None:
         function = tool["function"]
@@ -166,6 +168,9 @@ def _generate_one(request: ChatCompletionCreate, index: int, budget: int, full: 
         text = json.dumps({"answer": " ".join(_pick_words(f"{salt}/{index}", 3))})
         return Generated(text, None, _tokens_of(text, salt), "stop")
     words = _pick_words(f"{salt}/{index}", budget)
+    if skill is not None:
+        draw = int.from_bytes(_digest("skill", salt, str(index))[:8], "big") / 2**64
+        words[0] = "win" if draw < skill else "lose"
     finish = "length" if budget < full else "stop"
     tokens = _tokens_of(" ".join(words), salt)
     return Generated("".join(t.text for t in tokens), None, tokens, finish)
@@ -201,13 +206,15 @@ class Completion:
         }
 
 
-def generate(request: ChatCompletionCreate, *, completion_tokens: int) -> Completion:
+def generate(
+    request: ChatCompletionCreate, *, completion_tokens: int, skill: float | None = None
+) -> Completion:
     messages = json.dumps([m.model_dump(mode="json") for m in request.messages], sort_keys=True)
     salt = hashlib.sha256(f"{request.model}\x1f{messages}".encode()).hexdigest()
     limit = request.max_completion_tokens or request.max_tokens
     budget = min(completion_tokens, limit) if limit else completion_tokens
     # A `max_tokens` below the natural answer length cuts it short: finish_reason "length".
-    choices = [_generate_one(request, i, budget, completion_tokens, salt) for i in range(request.n)]
+    choices = [_generate_one(request, i, budget, completion_tokens, salt, skill) for i in range(request.n)]
     return Completion(
         id="chatcmpl-" + uuid.uuid4().hex,
         created=int(time.time()),

@@ -25,6 +25,10 @@ class EmulatorConfig:
     api_key: when set, the only Bearer key accepted; otherwise any non-empty key is.
     stream_chunks: content pieces a streamed chat completion is split into.
     completion_tokens: tokens in a generated answer unless `max_tokens` asks for fewer.
+    skills: (model-name suffix, p) pairs: a text answer of a served model whose name ends with
+        the suffix starts with "win" with probability p (drawn from the model and messages, so
+        deterministic), else "lose" — a game whose reward depends on the checkpoint that served
+        (`configure(skills={":step2": 0.8, ":step1": 0.5})`; the rollout tests use it).
     """
 
     pace_s: float = 0.0
@@ -35,6 +39,7 @@ class EmulatorConfig:
     stream_chunks: int = 4
     stream_delay_s: float = 0.0
     completion_tokens: int = 12
+    skills: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.pace_s < 0:
@@ -49,6 +54,13 @@ class EmulatorConfig:
             raise ValueError("completion_tokens must be >= 1")
         if not self.default_entity:
             raise ValueError("default_entity must not be empty")
+        if any(not 0.0 <= p <= 1.0 for _, p in self.skills):
+            raise ValueError("skills: each probability must be in [0, 1]")
+
+    def skill(self, model: str) -> float | None:
+        """The win probability of `model` (the longest matching suffix), None without one."""
+        matches = [(len(suffix), p) for suffix, p in self.skills if model.endswith(suffix)]
+        return max(matches)[1] if matches else None
 
     def with_changes(self, **changes: Any) -> EmulatorConfig:
         known = {f.name for f in fields(self)}
@@ -57,6 +69,10 @@ class EmulatorConfig:
             raise ValueError(f"unknown emulator setting(s): {', '.join(unknown)}")
         if "base_models" in changes:
             changes["base_models"] = tuple(changes["base_models"])
+        if "skills" in changes:
+            skills = changes["skills"]
+            pairs = skills.items() if isinstance(skills, dict) else skills
+            changes["skills"] = tuple((str(k), float(v)) for k, v in pairs)
         return replace(self, **changes)
 
     def public(self) -> dict[str, Any]:
@@ -70,6 +86,7 @@ class EmulatorConfig:
             "stream_chunks": self.stream_chunks,
             "stream_delay_s": self.stream_delay_s,
             "completion_tokens": self.completion_tokens,
+            "skills": dict(self.skills),
         }
 
 

@@ -216,3 +216,15 @@ def test_ctrl_c_after_the_demo_ends_interrupted_with_every_hint_printed_once(tmp
     assert key, output
     assert f"--api-key {key.group(1)}" in output  # the hint uses the key the demo made
     assert not no_demo_children_left(tmp_path / "demo")
+
+
+def test_demo_rollout_promotes_the_better_checkpoint_and_rolls_back_the_worse(tmp_path: Path) -> None:
+    code, summary, stderr = run_demo(tmp_path, "--rollout")
+    assert code == 0, stderr[-3000:]
+    rollouts = summary["stages"]["rollouts"]
+    assert rollouts["ok"] is True
+    better, worse = rollouts["step2"], rollouts["step3"]
+    assert (better["state"], better["production_step"]) == ("promoted", 2)
+    assert better["difference"]["lower"] > 0
+    assert (worse["state"], worse["production_step"]) == ("rolled_back", 2)
+    assert worse["difference"]["upper"] < 0
