@@ -40,6 +40,7 @@ from app.keys.service import Principal
 from app.queue.workers import describe, live_workers
 from app.registry import service as registry
 from app.registry.models import CheckpointOrigin
+from app.rollouts import service as rollouts
 from app.state import app_state
 
 PREFIX = "/dashboard"
@@ -547,6 +548,8 @@ async def model_page(
     for alias, ckpt in aliases:
         pointing.setdefault(ckpt.id, []).append(alias.alias)
     history = await registry.alias_history(session, line, limit=50)
+    # the newest rollouts with their decisions (the API's own listing, GET …/rollouts)
+    line_rollouts, _ = await rollouts.list_rollouts(session, line.name, after=None, limit=10, state=None)
     metric = app_state(request.app).settings.training.best_metric
     return _render(
         request,
@@ -560,6 +563,7 @@ async def model_page(
             "pointing": pointing,
             "aliases": [(a.alias, c) for a, c in aliases],
             "history": history,
+            "rollouts": line_rollouts,
             "steps_by_id": {c.id: c.step for c in ckpts},
             "metric": metric,
             "metric_of": {c.id: _number(c.metrics.get(metric)) for c in ckpts},

@@ -325,3 +325,25 @@ async def test_the_overview_shows_live_workers_and_datasets_building(
     assert '<strong id="workers-live">1</strong>' in overview.text
     assert "host:1:abc" in overview.text
     assert f'href="/dashboard/datasets/{building.id}"' in overview.text
+
+
+async def test_the_model_page_shows_each_rollout_with_its_state_and_arms(
+    app: FastAPI, operator: httpx.AsyncClient, client: httpx.AsyncClient
+) -> None:
+    async with app_state(app).sessionmaker() as session:
+        job = await seed.seed_job(session, steps=3)
+        await session.commit()
+    moved = await client.post(
+        "/v1/models/agent/aliases", json={"alias": "production", "checkpoint": job.checkpoint_ids[0]}
+    )
+    assert moved.status_code == 200, moved.text
+    url = "/v1/models/agent/rollouts"
+    first = await client.post(url, json={"alias": "production", "candidate": "step2"})
+    assert first.status_code == 200, first.text
+    assert (await client.post(f"{url}/{first.json()['id']}/cancel")).status_code == 200
+    second = await client.post(url, json={"alias": "production", "candidate": "step3", "share": 0.25})
+    assert second.status_code == 200, second.text
+    page = await operator.get(f"/dashboard/models/{job.model.id}")
+    assert page.status_code == 200
+    assert attrs(page.text, "rollouts", "state") == ["running", "cancelled"]  # newest first
+    assert attrs(page.text, "rollouts", "candidate-step") == ["3", "2"]
