@@ -65,7 +65,7 @@ def upgrade() -> None:
         )
         batch_op.create_index(batch_op.f("ix_rollouts_state"), ["state"], unique=False)
         batch_op.create_index(
-            "ux_rollouts_running_alias",
+            "ix_rollouts_running_alias",
             ["model_id", "alias"],
             unique=True,
             sqlite_where=sa.text("state = 'running'"),
@@ -136,7 +136,7 @@ def downgrade() -> None:
     op.drop_table("rollout_events")
     with op.batch_alter_table("rollouts", schema=None) as batch_op:
         batch_op.drop_index(
-            "ux_rollouts_running_alias",
+            "ix_rollouts_running_alias",
             sqlite_where=sa.text("state = 'running'"),
             postgresql_where=sa.text("state = 'running'"),
         )

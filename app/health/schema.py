@@ -279,8 +279,10 @@ class WhileSchemaAtHead:
                 self.waiting_reason = state.describe()
                 logger.warning("%s.waiting reason=%s", self.name, self.waiting_reason)
             if self.service is not None:
-                service, self.service = self.service, None
-                await service.stop()
+                # `service` stays set until it has stopped: no claim of it is still in flight
+                # once it reads None (tests/health/test_schema.py relies on that)
+                await self.service.stop()
+                self.service = None
 
 
 async def check_schema_at_start(engine: AsyncEngine) -> None:

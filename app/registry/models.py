@@ -125,7 +125,7 @@ class Rollout(TimestampMixin, Base):
         sa.Index(None, "model_id", "created_at"),
         # at most one running rollout per alias, enforced by the database on both backends
         sa.Index(
-            "ux_rollouts_running_alias",
+            "ix_rollouts_running_alias",
             "model_id",
             "alias",
             unique=True,

@@ -174,7 +174,7 @@ async def test_the_worker_pauses_with_one_line_while_the_schema_is_behind(
         # the downgrade on its way down).
         assert len(waiting) == 1, waiting
         assert re.fullmatch(
-            rf"worker.waiting reason=the database schema is at 000[2-4] but this version needs {HEAD}: "
+            rf"worker.waiting reason=the database schema is at 00\d\d but this version needs {HEAD}: "
             r"run `training-control migrate`",
             waiting[0],
         ), waiting
