@@ -21,7 +21,8 @@ import orjson
 from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -309,11 +310,31 @@ async def _handle_integrity_error(_request: Request, exc: Exception) -> Response
     return error_response(Conflict("the request conflicts with stored data"))
 
 
-async def _handle_operational_error(_request: Request, exc: Exception) -> Response:
-    logger.error("db.unavailable error=%s", exc)
-    return error_response(
-        ServiceUnavailable("the database is unavailable; retry later", code="database_unavailable")
+# How long a client should wait before retrying while the database is away (RFC 9110 §10.2.3).
+DATABASE_RETRY_AFTER_S = 2
+
+
+def database_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "the database is unavailable; retry later",
+        code="database_unavailable",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
     )
+
+
+async def _handle_operational_error(_request: Request, exc: Exception) -> Response:
+    # One line, no traceback: an outage makes every request fail the same way.
+    logger.error("db.unavailable error=%s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return error_response(database_unavailable())
+
+
+async def _handle_dbapi_error(request: Request, exc: Exception) -> Response:
+    # A dropped connection (Postgres restarting) is an outage; any other DBAPI error is a bug.
+    assert isinstance(exc, DBAPIError)
+    if exc.connection_invalidated:
+        return await _handle_operational_error(request, exc)
+    logger.error("request.db_error error=%s", type(exc).__name__, exc_info=exc)
+    return error_response(internal_error())
 
 
 def internal_error() -> InternalError:
@@ -328,6 +349,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(IntegrityError, _handle_integrity_error)
+    # Database unreachable, connection dropped, or no pooled connection in time: 503, retry.
     app.add_exception_handler(OperationalError, _handle_operational_error)
+    app.add_exception_handler(InterfaceError, _handle_operational_error)
+    app.add_exception_handler(PoolTimeoutError, _handle_operational_error)
+    app.add_exception_handler(DBAPIError, _handle_dbapi_error)
     # Unexpected exceptions are caught by RequestContextMiddleware (app/middleware.py), which
     # logs them once with the request id; Starlette's own catch-all would re-raise them.

@@ -29,7 +29,8 @@ from app.gateway.models import GatewayRequest
 logger = logging.getLogger(__name__)
 
 _OVERFLOW_LOG_EVERY_S = 10.0
-_MAX_BACKOFF_S = 30.0
+# Short: once the database is back, buffered rows should land within seconds.
+_MAX_BACKOFF_S = 5.0
 
 
 class WriterMetrics:
