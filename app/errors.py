@@ -328,11 +328,24 @@ async def _handle_operational_error(_request: Request, exc: Exception) -> Respon
     return error_response(database_unavailable())
 
 
+# SQLSTATEs of text Postgres cannot store: a NUL byte (22021 character_not_in_repertoire),
+# an untranslatable character (22P05). Input, not a server fault (PostgreSQL docs, Appendix A).
+_UNSTORABLE_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
+
+
 async def _handle_dbapi_error(request: Request, exc: Exception) -> Response:
-    # A dropped connection (Postgres restarting) is an outage; any other DBAPI error is a bug.
+    # A dropped connection (Postgres restarting) is an outage; text the database cannot store
+    # is the client's input; any other DBAPI error is a bug.
     assert isinstance(exc, DBAPIError)
     if exc.connection_invalidated:
         return await _handle_operational_error(request, exc)
+    if getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT_SQLSTATES:
+        return error_response(
+            BadRequest(
+                "the request contains text the database cannot store (e.g. a NUL character \\u0000)",
+                code="invalid_characters",
+            )
+        )
     logger.error("request.db_error error=%s", type(exc).__name__, exc_info=exc)
     return error_response(internal_error())
 
