@@ -78,13 +78,20 @@ def ensure_sqlite_dir(url: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
+# SQLSTATE classes of a database that is away, not of a bad statement: 08 connection exception,
+# 57P operator intervention (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now:
+# "the database system is starting up"). PostgreSQL docs, Appendix A.
+UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "57P")
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """The database could not be reached or dropped the connection (retry later), as opposed
     to an error in the statement or the data (which retrying does not fix)."""
     if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError):
         return True  # sa.exc.TimeoutError: no pooled connection within pool_timeout
     if isinstance(exc, sa.exc.DBAPIError):
-        return bool(exc.connection_invalidated)
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+        return bool(exc.connection_invalidated) or sqlstate.startswith(UNAVAILABLE_SQLSTATE_PREFIXES)
     return isinstance(exc, OSError | TimeoutError)
 
 

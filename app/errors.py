@@ -337,7 +337,10 @@ async def _handle_dbapi_error(request: Request, exc: Exception) -> Response:
     # A dropped connection (Postgres restarting) is an outage; text the database cannot store
     # is the client's input; any other DBAPI error is a bug.
     assert isinstance(exc, DBAPIError)
-    if exc.connection_invalidated:
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+    # 08 connection exception, 57P operator intervention ("the database system is starting
+    # up"): the database is away (the same rule as app/db.is_unavailable)
+    if exc.connection_invalidated or sqlstate.startswith(("08", "57P")):
         return await _handle_operational_error(request, exc)
     if getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT_SQLSTATES:
         return error_response(
