@@ -45,6 +45,8 @@ BASE = "OpenPipe/Qwen3-14B-Instruct"
 SERVED = "soak-agent"
 PROJECT = "soak"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+KILL_BUFFER_WINDOW_S = 2.0
+WRITER_MAX_BACKOFF_S = 5.0  # app/gateway/writer.py _MAX_BACKOFF_S
 
 
 @dataclass
@@ -97,9 +99,11 @@ class SoakReport:
     kills: list[dict[str, Any]] = field(default_factory=list)
     resume_p50_s: float | None = None
     resume_max_s: float | None = None
+    resume_by_kind: dict[str, dict[str, float]] = field(default_factory=dict)
+    captures_missing_detail: list[str] = field(default_factory=list)  # first few, for diagnosis
     postgres_restarts: int = 0
     wandb_faults_fired: dict[str, int] = field(default_factory=dict)
-    api_5xx: dict[str, int] = field(default_factory=dict)
+    api_5xx: dict[str, int] = field(default_factory=dict)  # "status code" → count (retried)
     crashed: dict[str, int] = field(default_factory=dict)  # processes that exited unasked (restarted)
     logs: str = ""
 
@@ -119,6 +123,9 @@ class SoakReport:
             found.append(f"{self.captures_missing} answered completions not stored (not explained by a kill)")
         if self.webhooks_missing:
             found.append(f"jobs without a webhook: {self.webhooks_missing}")
+        unexpected_5xx = {k: v for k, v in self.api_5xx.items() if k != "503 database_unavailable"}
+        if unexpected_5xx:
+            found.append(f"5xx answers other than 503 database_unavailable: {unexpected_5xx}")
         if self.crashed:
             found.append(f"processes exited on their own: {self.crashed}")
         if any(k["resumed_s"] is None for k in self.kills):
@@ -281,9 +288,11 @@ class Soak:
         self.keys: set[str] = set()
         self.answered: dict[str, tuple[int, float]] = {}  # trajectory id → (replica, time answered)
         self.replica_kills: list[tuple[int, float]] = []
+        self.pg_outages: list[tuple[float, float]] = []
         self.stop_traffic = asyncio.Event()
         self.chaos_done = asyncio.Event()
         self._api_errors: dict[str, int] = {}
+        self.began = time.monotonic()
 
     # -- the stack ---------------------------------------------------------------------------
     def _env(self, pg: ThrowawayPostgres, wandb_url: str, webhook_url: str) -> dict[str, str]:
@@ -360,7 +369,11 @@ class Soak:
                 await asyncio.sleep(0.2)
                 continue
             if response.status_code >= 500:
-                self._count(self.report.api_5xx, f"{response.status_code} {path.split('/')[2]}")
+                try:
+                    code = str(response.json()["error"]["code"])
+                except (ValueError, KeyError, TypeError):
+                    code = "not-the-envelope"
+                self._count(self.report.api_5xx, f"{response.status_code} {code}")
                 await asyncio.sleep(0.3)
                 continue
             return response
@@ -434,6 +447,21 @@ class Soak:
             await asyncio.sleep(0.02)
 
     # -- chaos -------------------------------------------------------------------------------
+    async def _held_by(self, engine: AsyncEngine, pid: int) -> int:
+        """Unfinished jobs leased by the worker with this pid (-1: the database is away)."""
+        with contextlib.suppress(Exception):
+            async with engine.connect() as conn:
+                held = await conn.scalar(
+                    sa.select(sa.func.count())
+                    .select_from(FineTuningJob)
+                    .where(
+                        FineTuningJob.worker_id.like(f"%:{pid}:%"),
+                        FineTuningJob.status.not_in(list(TERMINAL)),
+                    )
+                )
+                return int(held or 0)
+        return -1
+
     async def _resume_after_worker_kill(
         self, engine: AsyncEngine, pid: int, killed_at: float
     ) -> float | None:
@@ -457,6 +485,29 @@ class Soak:
             await asyncio.sleep(0.1)
         return None
 
+    async def _restart_postgres(self, pg: ThrowawayPostgres) -> None:
+        began = time.monotonic()
+        await asyncio.to_thread(pg.stop)
+        await asyncio.sleep(self.config.postgres_down_s)
+        await asyncio.to_thread(pg.start)
+        self.pg_outages.append((began, time.monotonic()))
+        self.report.postgres_restarts += 1
+
+    def _lost_in_killed_buffer(self, replica: int, answered_at: float) -> bool:
+        """Was this capture still in the memory of a replica that was then kill -9ed? Rows wait
+        there until the next flush commits: a flush interval (plus the insert), or, after the
+        database was away, until the writer's retry (backoff up to 5 s) once it is back."""
+        window = self.config.flush_interval_s + KILL_BUFFER_WINDOW_S
+        for index, killed in self.replica_kills:
+            if index != replica or killed < answered_at:
+                continue
+            if killed - answered_at <= window:
+                return True
+            for down, up in self.pg_outages:
+                if down - window <= answered_at and up <= killed <= up + WRITER_MAX_BACKOFF_S + window:
+                    return True
+        return False
+
     async def _chaos(self, engine: AsyncEngine, pg: ThrowawayPostgres, emulator: EmulatorState) -> None:
         cfg = self.config
         window = cfg.chaos_s
@@ -472,20 +523,19 @@ class Soak:
             emulator.inject("training_jobs.get", "hang", times=1, skip=3, seconds=8)
         for at in kill_times:
             if restart_at is not None and time.monotonic() - started >= restart_at:
-                await asyncio.to_thread(pg.stop)
-                await asyncio.sleep(cfg.postgres_down_s)
-                await asyncio.to_thread(pg.start)
-                self.report.postgres_restarts += 1
+                await self._restart_postgres(pg)
                 restart_at = None
             await asyncio.sleep(max(0.0, started + at - time.monotonic()))
             kind = "worker" if self.rng.random() < 0.6 else "replica"
             killed_at = time.monotonic()
             resumed: float | None
+            held = 0
             if kind == "worker":
                 proc = self.rng.choice(self.workers)
                 pid = proc.pid
                 proc.kill9()
                 proc.start()
+                held = await self._held_by(engine, pid)
                 resumed = await self._resume_after_worker_kill(engine, pid, killed_at)
             else:
                 index = self.rng.randrange(len(self.replicas))
@@ -499,13 +549,10 @@ class Soak:
                 except RuntimeError:
                     resumed = None
             self.report.kills.append(
-                {"kind": kind, "at_s": round(killed_at - started, 1), "resumed_s": resumed}
+                {"kind": kind, "at_s": round(killed_at - started, 1), "jobs_held": held, "resumed_s": resumed}
             )
         if restart_at is not None:
-            await asyncio.to_thread(pg.stop)
-            await asyncio.sleep(cfg.postgres_down_s)
-            await asyncio.to_thread(pg.start)
-            self.report.postgres_restarts += 1
+            await self._restart_postgres(pg)
         self.chaos_done.set()
 
     # -- the run -----------------------------------------------------------------------------
@@ -602,11 +649,12 @@ class Soak:
         report = self.report
         async with async_sessionmaker(engine)() as session:
             jobs = (await session.scalars(sa.select(FineTuningJob))).all()
-            submitted = dict(
+            # steps the service started to send to W&B (each at most once, by its state machine)
+            attempted = dict(
                 (
                     await session.execute(
-                        sa.select(JobStep.job_id, sa.func.count(sa.distinct(JobStep.remote_job_id)))
-                        .where(JobStep.remote_job_id.is_not(None))
+                        sa.select(JobStep.job_id, sa.func.count())
+                        .where(JobStep.submit_started_at.is_not(None))
                         .group_by(JobStep.job_id)
                     )
                 ).all()
@@ -620,13 +668,13 @@ class Soak:
         report.acknowledged_jobs = len(self.acknowledged)
         report.lost_jobs = sorted(set(self.acknowledged) - set(by_id))
         # W&B's own count of accepted training POSTs per model line (= the job's suffix) against
-        # the distinct W&B jobs the service recorded for its steps: more POSTs than that means
-        # a step was sent twice.
+        # the steps the service started to send: more POSTs than steps means a step was sent
+        # twice. (A POST W&B accepted but whose answer was lost counts once: it is never re-sent.)
         posts = emulator.counters()["training_jobs_by_model_name"]
         for job in jobs:
-            name = job.suffix or ""
-            extra = int(posts.get(name, 0)) - int(submitted.get(job.id, 0))
-            if extra > 0 or int(posts.get(name, 0)) > job.total_steps:
+            accepted = int(posts.get(job.suffix or "", 0))
+            extra = accepted - min(int(attempted.get(job.id, 0)), job.total_steps)
+            if extra > 0:
                 report.double_posts[job.id] = extra
         report.idempotency_keys = len(self.keys)
         keyed = [job.idempotency_key for job in jobs if job.idempotency_key]
@@ -638,24 +686,55 @@ class Soak:
         report.captures_stored = len(captured)
         report.captures_duplicated = len(captured) - len(set(captured))
         stored = set(captured)
-        window = self.config.flush_interval_s + 0.5
+        # A capture waits in its replica's memory until the next flush commits (flush interval
+        # plus the insert, longer under load): a kill -9 loses what was answered in that window.
         for trajectory_id, (replica, answered_at) in self.answered.items():
             if trajectory_id in stored:
                 continue
-            if any(r == replica and 0 <= killed - answered_at <= window for r, killed in self.replica_kills):
+            if self._lost_in_killed_buffer(replica, answered_at):
                 report.captures_missing_in_killed_buffer += 1
             else:
                 report.captures_missing += 1
+                if len(report.captures_missing_detail) < 10:
+                    since = [
+                        round(answered_at - killed, 2) for r, killed in self.replica_kills if r == replica
+                    ]
+                    report.captures_missing_detail.append(
+                        f"{trajectory_id} replica {replica} answered at {answered_at - self.began:.2f}s; "
+                        f"relative to that replica's kills: {since}; Postgres outages: "
+                        f"{[(round(d - self.began, 1), round(u - self.began, 1)) for d, u in self.pg_outages]}"
+                    )
         delivered = {job_id for job_id, _type, _id in receiver.deliveries}
         report.webhook_deliveries = len(receiver.deliveries)
         report.webhooks_missing = sorted(j.id for j in jobs if j.status in TERMINAL and j.id not in delivered)
-        resumes = [k["resumed_s"] for k in report.kills if k["resumed_s"] is not None]
+        # time to resume: a worker's kill, until every job it held runs on another worker (its
+        # lease expires first); a replica's, until it answers again. A worker that held no job
+        # has nothing to resume and is left out of the figure.
+        resumes = [
+            k["resumed_s"]
+            for k in report.kills
+            if k["resumed_s"] is not None and (k["kind"] == "replica" or k["jobs_held"] != 0)
+        ]
         for kill in report.kills:
             if kill["resumed_s"] is not None:
                 kill["resumed_s"] = round(kill["resumed_s"], 2)
         if resumes:
             report.resume_p50_s = round(_percentile(resumes, 50), 2)
             report.resume_max_s = round(max(resumes), 2)
+        for kind in ("worker", "replica"):
+            times = [
+                k["resumed_s"]
+                for k in report.kills
+                if k["kind"] == kind
+                and k["resumed_s"] is not None
+                and (kind == "replica" or k["jobs_held"] != 0)
+            ]
+            if times:
+                report.resume_by_kind[kind] = {
+                    "n": len(times),
+                    "p50_s": round(_percentile(times, 50), 2),
+                    "max_s": round(max(times), 2),
+                }
         report.wandb_faults_fired = dict(emulator.counters()["faults_fired"])
         report.chats_failed = dict(sorted(report.chats_failed.items()))
         report.api_5xx = dict(sorted(report.api_5xx.items()))

@@ -213,6 +213,15 @@ def test_only_connection_failures_count_as_the_database_being_unavailable() -> N
     assert is_unavailable(sa.exc.OperationalError("SELECT 1", {}, Exception("database is locked")))
     assert is_unavailable(sa.exc.TimeoutError("QueuePool limit reached"))
     assert is_unavailable(sa.exc.DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True))
+
+    class Shutdown(Exception):
+        sqlstate = "57P01"  # terminating connection due to administrator command
+
+    class StartingUp(Exception):
+        sqlstate = "57P03"  # the database system is starting up
+
+    assert is_unavailable(sa.exc.DBAPIError("INSERT", {}, Shutdown("terminating connection")))
+    assert is_unavailable(sa.exc.DBAPIError("SELECT 1", {}, StartingUp("starting up")))
     assert not is_unavailable(sa.exc.ProgrammingError("SELEC 1", {}, Exception("syntax error")))
     assert not is_unavailable(sa.exc.IntegrityError("INSERT", {}, Exception("duplicate key")))
     assert not is_unavailable(ValueError("not the database"))

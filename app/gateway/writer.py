@@ -21,9 +21,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db import is_unavailable
 from app.gateway.models import GatewayRequest
 
 logger = logging.getLogger(__name__)
@@ -62,9 +62,9 @@ class WriterMetrics:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    # Includes a Postgres shutting down or starting up (57P01 "terminating connection due to
+    # administrator command", 57P03 "starting up"): rows kept, not rejected as bad content.
+    return is_unavailable(exc)
 
 
 class BatchWriter:

@@ -51,7 +51,8 @@ def main() -> int:
         kinds = [k["kind"] for k in report.kills]
         print(
             f"kills {len(kinds)} (workers {kinds.count('worker')}, replicas {kinds.count('replica')}), "
-            f"time to resume p50 {report.resume_p50_s}s max {report.resume_max_s}s; "
+            f"time to resume p50 {report.resume_p50_s}s max {report.resume_max_s}s "
+            f"{report.resume_by_kind}; "
             f"postgres restarts {report.postgres_restarts}"
         )
         print(f"W&B faults fired {report.wandb_faults_fired}")
@@ -62,6 +63,8 @@ def main() -> int:
         )
         print(f"Idempotency-Keys {report.idempotency_keys}, webhooks delivered {report.webhook_deliveries}")
         print(f"API 5xx answers seen (retried) {report.api_5xx}")
+        for line in report.captures_missing_detail:
+            print("missing capture:", line)
     problems = report.violations()
     for problem in problems:
         print("VIOLATION:", problem)

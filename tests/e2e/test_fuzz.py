@@ -19,11 +19,19 @@ import schemathesis
 
 from tests.conftest import make_settings, run_blocking, truncate_all
 from tests.fixtures.emulator import EMULATOR_API_KEY, EmulatorServer
-from tests.fixtures.fuzzing import AUTH, ServedApp, fuzz_operations, fuzz_settings, serve_in_thread
+from tests.fixtures.fuzzing import (
+    AUTH,
+    ServedApp,
+    fuzz_operations,
+    fuzz_settings,
+    run_stateful,
+    serve_in_thread,
+)
 
 pytestmark = pytest.mark.e2e
 
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "8"))
+STATEFUL_SEQUENCES = int(os.environ.get("FUZZ_STATEFUL_SEQUENCES", "10"))
 
 
 @pytest.fixture
@@ -53,3 +61,15 @@ def test_every_operation_answers_fuzzed_input_without_5xx_in_the_envelope_and_as
 
     assert set(report.operations) == documented  # every route in the schema was fuzzed
     assert not report.failures, "\n\n".join(f"{op}:\n{text}" for op, text in report.failures.items())
+
+
+def test_sequences_that_follow_the_links_between_operations_answer_as_documented(
+    fuzzed_service: ServedApp,
+) -> None:
+    # e.g. POST /v1/fine_tuning/jobs → its id into GET …/{id}, …/cancel, …/events (the links
+    # schemathesis infers from the schema)
+    schema = schemathesis.openapi.from_url(f"{fuzzed_service.base_url}/openapi.json", headers=AUTH)
+
+    failure = run_stateful(schema, fuzzed_service.base_url, sequences=STATEFUL_SEQUENCES)
+
+    assert failure is None, failure
