@@ -101,6 +101,7 @@ class SoakReport:
     resume_max_s: float | None = None
     resume_by_kind: dict[str, dict[str, float]] = field(default_factory=dict)
     captures_missing_detail: list[str] = field(default_factory=list)  # first few, for diagnosis
+    chats_during_outage: dict[str, int] = field(default_factory=dict)  # outcome → count, Postgres down
     postgres_restarts: int = 0
     wandb_faults_fired: dict[str, int] = field(default_factory=dict)
     api_5xx: dict[str, int] = field(default_factory=dict)  # "status code" → count (retried)
@@ -289,6 +290,7 @@ class Soak:
         self.answered: dict[str, tuple[int, float]] = {}  # trajectory id → (replica, time answered)
         self.replica_kills: list[tuple[int, float]] = []
         self.pg_outages: list[tuple[float, float]] = []
+        self.postgres_down = False
         self.stop_traffic = asyncio.Event()
         self.chaos_done = asyncio.Event()
         self._api_errors: dict[str, int] = {}
@@ -444,6 +446,8 @@ class Soak:
                 self.answered[trajectory_id] = (index, time.monotonic())
             else:
                 self._count(self.report.chats_failed, str(response.status_code))
+            if self.postgres_down:
+                self._count(self.report.chats_during_outage, str(response.status_code))
             await asyncio.sleep(0.02)
 
     # -- chaos -------------------------------------------------------------------------------
@@ -488,7 +492,9 @@ class Soak:
     async def _restart_postgres(self, pg: ThrowawayPostgres) -> None:
         began = time.monotonic()
         await asyncio.to_thread(pg.stop)
+        self.postgres_down = True
         await asyncio.sleep(self.config.postgres_down_s)
+        self.postgres_down = False
         await asyncio.to_thread(pg.start)
         self.pg_outages.append((began, time.monotonic()))
         self.report.postgres_restarts += 1

@@ -61,6 +61,7 @@ def main() -> int:
             f"{report.captures_duplicated}, missing {report.captures_missing}, lost in a killed "
             f"replica's buffer {report.captures_missing_in_killed_buffer}; failed {report.chats_failed}"
         )
+        print(f"completions while Postgres was down (status → count) {report.chats_during_outage}")
         print(f"Idempotency-Keys {report.idempotency_keys}, webhooks delivered {report.webhook_deliveries}")
         print(f"API 5xx answers seen (retried) {report.api_5xx}")
         for line in report.captures_missing_detail:
