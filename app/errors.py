@@ -329,8 +329,11 @@ async def _handle_operational_error(_request: Request, exc: Exception) -> Respon
 
 
 # SQLSTATEs of text Postgres cannot store: a NUL byte (22021 character_not_in_repertoire),
-# an untranslatable character (22P05). Input, not a server fault (PostgreSQL docs, Appendix A).
+# an untranslatable character (22P05). Any other class 22 "data exception" (22003 numeric value
+# out of range, 22001 string too long, ...) is a value from the request the column cannot hold.
+# Input, not a server fault (PostgreSQL docs, Appendix A).
 _UNSTORABLE_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
+_DATA_EXCEPTION_CLASS = "22"
 
 
 async def _handle_dbapi_error(request: Request, exc: Exception) -> Response:
@@ -342,11 +345,20 @@ async def _handle_dbapi_error(request: Request, exc: Exception) -> Response:
     # up"): the database is away (the same rule as app/db.is_unavailable)
     if exc.connection_invalidated or sqlstate.startswith(("08", "57P")):
         return await _handle_operational_error(request, exc)
-    if getattr(exc.orig, "sqlstate", None) in _UNSTORABLE_TEXT_SQLSTATES:
+    if sqlstate in _UNSTORABLE_TEXT_SQLSTATES:
         return error_response(
             BadRequest(
                 "the request contains text the database cannot store (e.g. a NUL character \\u0000)",
                 code="invalid_characters",
+            )
+        )
+    if sqlstate.startswith(_DATA_EXCEPTION_CLASS):
+        # a route whose schema should have bounded the value (logged so it gets that bound)
+        logger.warning("request.value_not_storable sqlstate=%s path=%s", sqlstate, request.url.path)
+        return error_response(
+            BadRequest(
+                f"a value in the request is out of range or cannot be stored (SQLSTATE {sqlstate})",
+                code="invalid_value",
             )
         )
     logger.error("request.db_error error=%s", type(exc).__name__, exc_info=exc)

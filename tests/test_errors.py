@@ -359,6 +359,19 @@ class TestDatabaseErrorKinds:
         )
         assert (status, error["code"]) == (400, "invalid_characters")
 
+    async def test_a_value_the_column_cannot_hold_is_400_invalid_value(self) -> None:
+        import sqlalchemy as sa
+
+        class OutOfRange(Exception):
+            sqlstate = "22003"  # numeric_value_out_of_range: e.g. 10**11 into an INTEGER column
+
+        request: Any = type("R", (), {"url": type("U", (), {"path": "/v1/keys"})()})()
+        response = await errors._handle_dbapi_error(
+            request, sa.exc.DBAPIError("INSERT", {}, OutOfRange("int32"))
+        )
+        assert response.status_code == 400
+        assert b'"code":"invalid_value"' in bytes(response.body)
+
     async def test_any_other_database_error_is_a_500_without_internals(self) -> None:
         import sqlalchemy as sa
 
