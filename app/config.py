@@ -31,6 +31,11 @@ class DatabaseSettings(BaseModel):
         30_000, ge=0, description="how long a SQLite writer waits for the write lock before failing"
     )
     migrate_lock_timeout_s: float = Field(300.0, gt=0, description="max wait for another process's migration")
+    start_wait_s: float = Field(
+        120.0,
+        ge=0,
+        description="how long `serve` and `worker` wait at start for an unreachable database before exiting",
+    )
 
 
 # The scope names of app/keys/scopes.py (config sits below app/keys and cannot import it).

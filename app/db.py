@@ -78,6 +78,38 @@ def ensure_sqlite_dir(url: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
+# SQLSTATE classes of a database that is away, not of a bad statement: 08 connection exception,
+# 57P operator intervention (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now:
+# "the database system is starting up"). PostgreSQL docs, Appendix A.
+UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "57P")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database could not be reached or dropped the connection (retry later), as opposed
+    to an error in the statement or the data (which retrying does not fix)."""
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError | sa.exc.TimeoutError):
+        return True  # sa.exc.TimeoutError: no pooled connection within pool_timeout
+    if isinstance(exc, sa.exc.DBAPIError):
+        sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+        return bool(exc.connection_invalidated) or sqlstate.startswith(UNAVAILABLE_SQLSTATE_PREFIXES)
+    return isinstance(exc, OSError | TimeoutError)
+
+
+def wrap_connect_errors(engine: AsyncEngine) -> None:
+    """Raise a failed connect as the driver's `OperationalError` (which SQLAlchemy wraps as its
+    own), like any other unreachable-database error. asyncpg raises the socket's own
+    `ConnectionRefusedError` / `OSError` / `TimeoutError` from connect, and SQLAlchemy passes
+    non-DBAPI errors through unwrapped, so a stopped Postgres would surface as an arbitrary
+    exception (a 500) instead of the `database_unavailable` 503 every other path gives."""
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _on_connect(dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except (OSError, TimeoutError) as exc:
+            raise dialect.loaded_dbapi.OperationalError(f"cannot connect: {exc}") from exc
+
+
 def create_engine(settings: Settings, *, pool: bool = True, pre_ping: bool = True) -> AsyncEngine:
     """The process's engine: SQLite tuned for concurrent writers, or Postgres through asyncpg.
     `pre_ping` tests each pooled connection before use (one round trip per transaction)."""
@@ -94,7 +126,9 @@ def create_engine(settings: Settings, *, pool: bool = True, pre_ping: bool = Tru
         )
     else:
         kwargs["poolclass"] = NullPool
-    return create_async_engine(url, **kwargs)
+    engine = create_async_engine(url, **kwargs)
+    wrap_connect_errors(engine)
+    return engine
 
 
 def create_sqlite_engine(

@@ -21,7 +21,8 @@ import orjson
 from fastapi import FastAPI, Request, params
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -325,11 +326,59 @@ async def _handle_integrity_error(_request: Request, exc: Exception) -> Response
     return error_response(Conflict("the request conflicts with stored data"))
 
 
-async def _handle_operational_error(_request: Request, exc: Exception) -> Response:
-    logger.error("db.unavailable error=%s", exc)
-    return error_response(
-        ServiceUnavailable("the database is unavailable; retry later", code="database_unavailable")
+# How long a client should wait before retrying while the database is away (RFC 9110 §10.2.3).
+DATABASE_RETRY_AFTER_S = 2
+
+
+def database_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "the database is unavailable; retry later",
+        code="database_unavailable",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
     )
+
+
+async def _handle_operational_error(_request: Request, exc: Exception) -> Response:
+    # One line, no traceback: an outage makes every request fail the same way.
+    logger.error("db.unavailable error=%s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    return error_response(database_unavailable())
+
+
+# SQLSTATEs of text Postgres cannot store: a NUL byte (22021 character_not_in_repertoire),
+# an untranslatable character (22P05). Any other class 22 "data exception" (22003 numeric value
+# out of range, 22001 string too long, ...) is a value from the request the column cannot hold.
+# Input, not a server fault (PostgreSQL docs, Appendix A).
+_UNSTORABLE_TEXT_SQLSTATES = frozenset({"22021", "22P05"})
+_DATA_EXCEPTION_CLASS = "22"
+
+
+async def _handle_dbapi_error(request: Request, exc: Exception) -> Response:
+    # A dropped connection (Postgres restarting) is an outage; text the database cannot store
+    # is the client's input; any other DBAPI error is a bug.
+    assert isinstance(exc, DBAPIError)
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+    # 08 connection exception, 57P operator intervention ("the database system is starting
+    # up"): the database is away (the same rule as app/db.is_unavailable)
+    if exc.connection_invalidated or sqlstate.startswith(("08", "57P")):
+        return await _handle_operational_error(request, exc)
+    if sqlstate in _UNSTORABLE_TEXT_SQLSTATES:
+        return error_response(
+            BadRequest(
+                "the request contains text the database cannot store (e.g. a NUL character \\u0000)",
+                code="invalid_characters",
+            )
+        )
+    if sqlstate.startswith(_DATA_EXCEPTION_CLASS):
+        # a route whose schema should have bounded the value (logged so it gets that bound)
+        logger.warning("request.value_not_storable sqlstate=%s path=%s", sqlstate, request.url.path)
+        return error_response(
+            BadRequest(
+                f"a value in the request is out of range or cannot be stored (SQLSTATE {sqlstate})",
+                code="invalid_value",
+            )
+        )
+    logger.error("request.db_error error=%s", type(exc).__name__, exc_info=exc)
+    return error_response(internal_error())
 
 
 def internal_error() -> InternalError:
@@ -344,6 +393,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(IntegrityError, _handle_integrity_error)
+    # Database unreachable, connection dropped, or no pooled connection in time: 503, retry.
     app.add_exception_handler(OperationalError, _handle_operational_error)
+    app.add_exception_handler(InterfaceError, _handle_operational_error)
+    app.add_exception_handler(PoolTimeoutError, _handle_operational_error)
+    app.add_exception_handler(DBAPIError, _handle_dbapi_error)
     # Unexpected exceptions are caught by RequestContextMiddleware (app/middleware.py), which
     # logs them once with the request id; Starlette's own catch-all would re-raise them.

@@ -38,6 +38,7 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.pipeline",
     "tests.fixtures.service",
+    "tests.fixtures.throwaway_pg",
 ]
 
 # Keep ART / LiteLLM / wandb from reaching the internet or reading the W&B key (art-serverless.md §9).

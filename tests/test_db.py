@@ -188,3 +188,40 @@ def test_migrations_module_creates_the_sqlite_directory(tmp_path: Path) -> None:
     migrations.upgrade(f"sqlite+aiosqlite:///{target}")
     assert target.is_file()
     assert os.path.getsize(target) > 0
+
+
+async def test_an_unreachable_postgres_raises_operational_error_marked_unavailable() -> None:
+    # asyncpg raises the socket's ConnectionRefusedError, which SQLAlchemy would pass through
+    # unwrapped (a 500 in the API); the engine turns it into OperationalError.
+    from app.db import is_unavailable
+    from app_dev.throwaway_pg import free_port
+
+    settings = make_settings(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/postgres")
+    engine = create_engine(settings)
+    try:
+        with pytest.raises(sa.exc.OperationalError) as raised:
+            async with engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+    finally:
+        await engine.dispose()
+    assert is_unavailable(raised.value)
+
+
+def test_only_connection_failures_count_as_the_database_being_unavailable() -> None:
+    from app.db import is_unavailable
+
+    assert is_unavailable(sa.exc.OperationalError("SELECT 1", {}, Exception("database is locked")))
+    assert is_unavailable(sa.exc.TimeoutError("QueuePool limit reached"))
+    assert is_unavailable(sa.exc.DBAPIError("SELECT 1", {}, Exception("gone"), connection_invalidated=True))
+
+    class Shutdown(Exception):
+        sqlstate = "57P01"  # terminating connection due to administrator command
+
+    class StartingUp(Exception):
+        sqlstate = "57P03"  # the database system is starting up
+
+    assert is_unavailable(sa.exc.DBAPIError("INSERT", {}, Shutdown("terminating connection")))
+    assert is_unavailable(sa.exc.DBAPIError("SELECT 1", {}, StartingUp("starting up")))
+    assert not is_unavailable(sa.exc.ProgrammingError("SELEC 1", {}, Exception("syntax error")))
+    assert not is_unavailable(sa.exc.IntegrityError("INSERT", {}, Exception("duplicate key")))
+    assert not is_unavailable(ValueError("not the database"))

@@ -326,3 +326,57 @@ def test_only_render_error_builds_the_envelope() -> None:
         for line in _envelope_literals(path)
     }
     assert builders == {f"errors.py:{_envelope_literals(Path(errors.__file__))[0]}"}
+
+
+class TestDatabaseErrorKinds:
+    """A database error is an outage (503, retry), the client's text (400) or a bug (500)."""
+
+    @staticmethod
+    async def render(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str]]:
+        import orjson
+
+        handler = errors._handle_dbapi_error
+        response = await handler(None, exc)  # type: ignore[arg-type]
+        return response.status_code, orjson.loads(bytes(response.body))["error"], dict(response.headers)
+
+    async def test_a_dropped_connection_is_503_database_unavailable_with_retry_after(self) -> None:
+        import sqlalchemy as sa
+
+        dropped = sa.exc.DBAPIError(
+            "SELECT 1", {}, Exception("connection was closed"), connection_invalidated=True
+        )
+        status, error, headers = await self.render(dropped)
+        assert (status, error["code"], headers["retry-after"]) == (503, "database_unavailable", "2")
+
+    async def test_text_postgres_cannot_store_is_400_invalid_characters(self) -> None:
+        import sqlalchemy as sa
+
+        class NulRejected(Exception):
+            sqlstate = "22021"  # character_not_in_repertoire: a NUL in a text value
+
+        status, error, _ = await self.render(
+            sa.exc.DBAPIError("INSERT", {}, NulRejected("invalid byte 0x00"))
+        )
+        assert (status, error["code"]) == (400, "invalid_characters")
+
+    async def test_a_value_the_column_cannot_hold_is_400_invalid_value(self) -> None:
+        import sqlalchemy as sa
+
+        class OutOfRange(Exception):
+            sqlstate = "22003"  # numeric_value_out_of_range: e.g. 10**11 into an INTEGER column
+
+        request: Any = type("R", (), {"url": type("U", (), {"path": "/v1/keys"})()})()
+        response = await errors._handle_dbapi_error(
+            request, sa.exc.DBAPIError("INSERT", {}, OutOfRange("int32"))
+        )
+        assert response.status_code == 400
+        assert b'"code":"invalid_value"' in bytes(response.body)
+
+    async def test_any_other_database_error_is_a_500_without_internals(self) -> None:
+        import sqlalchemy as sa
+
+        status, error, _ = await self.render(
+            sa.exc.DBAPIError("SELEC", {}, Exception("syntax error at SELEC"))
+        )
+        assert (status, error["code"]) == (500, "internal_error")
+        assert "SELEC" not in error["message"]

@@ -22,13 +22,21 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["babylon"], dependencies=[require_scope(Scope.training)])
 
 
+# Postgres text cannot hold NUL (SQLSTATE 22021): refused as a 422 naming the field, not sent
+# to the game's database (found by the schema fuzzing, tests/e2e/test_fuzz.py).
+NO_NUL = r"^[^\x00]*$"
+
+
 class TrainRequest(BaseModel):
     batchId: str | None = Field(  # the game's field name
         None,
         max_length=200,
+        pattern=NO_NUL,
         description="a training_batches row; absent: the newest windows with unused data",
     )
-    source: str = Field("unknown", max_length=200, description="who triggered the training (logged)")
+    source: str = Field(
+        "unknown", max_length=200, pattern=NO_NUL, description="who triggered the training (logged)"
+    )
 
 
 class TrainResponse(BaseModel):

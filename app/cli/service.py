@@ -46,7 +46,7 @@ async def _check_schema(settings: Settings) -> None:
 
     engine = create_engine(settings, pool=False)
     try:
-        await require_schema_at_head(engine)
+        await require_schema_at_head(engine, wait_s=settings.db.start_wait_s)
     finally:
         await engine.dispose()
 

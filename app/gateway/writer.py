@@ -21,15 +21,16 @@ from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db import is_unavailable
 from app.gateway.models import GatewayRequest
 
 logger = logging.getLogger(__name__)
 
 _OVERFLOW_LOG_EVERY_S = 10.0
-_MAX_BACKOFF_S = 30.0
+# Short: once the database is back, buffered rows should land within seconds.
+_MAX_BACKOFF_S = 5.0
 
 
 class WriterMetrics:
@@ -61,9 +62,9 @@ class WriterMetrics:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, OperationalError | InterfaceError | OSError | TimeoutError):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    # Includes a Postgres shutting down or starting up (57P01 "terminating connection due to
+    # administrator command", 57P03 "starting up"): rows kept, not rejected as bad content.
+    return is_unavailable(exc)
 
 
 class BatchWriter:

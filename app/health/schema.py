@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.responses import Response
 
 from app.config import ConfigError
+from app.db import is_unavailable
 from app.errors import ServiceUnavailable, error_response
 from app.migrations import alembic_config, head_revisions
 from app.state import app_state
@@ -104,9 +105,23 @@ async def read_schema_state(engine: AsyncEngine) -> SchemaState:
     return SchemaState(current=current, heads=head_revisions())
 
 
-async def require_schema_at_head(engine: AsyncEngine) -> SchemaState:
-    """Raise SchemaNotAtHead unless the database's schema is at head."""
-    state = await read_schema_state(engine)
+async def require_schema_at_head(engine: AsyncEngine, *, wait_s: float = 0.0) -> SchemaState:
+    """Raise SchemaNotAtHead unless the database's schema is at head. An unreachable database
+    is retried for up to `wait_s` (DB__START_WAIT_S): a process restarted while the database
+    is down (or restarting) waits for it instead of exiting at once."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    delay = 0.2
+    while True:
+        try:
+            state = await read_schema_state(engine)
+            break
+        except Exception as exc:
+            if not is_unavailable(exc) or loop.time() + delay > deadline:
+                raise
+            logger.warning("schema.waiting_for_database error=%s", str(exc).splitlines()[0][:200])
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
     if not state.at_head:
         raise SchemaNotAtHead(state)
     return state

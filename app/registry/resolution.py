@@ -21,6 +21,8 @@ has the metric). An alias row of that name, when present, wins. Anything else is
 `ModelResolver` caches answers for `resolve_cache_ttl_s` (1 s by default) so the hot path does
 not query the database per request, while alias moves made by any process sharing the
 database take effect within that time (moves made through this process's API at once).
+While the database is unreachable it keeps serving the last answer it had for a name (stale,
+counted in `stale_served`), so the gateway goes on serving the models it has resolved.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import logging
 import random
 import re
 import time
@@ -37,6 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.db import is_unavailable
 from app.errors import AppError
 from app.keys.scopes import ModelAccess, subjects
 from app.registry import service
@@ -44,6 +48,8 @@ from app.registry.models import Checkpoint, CheckpointOrigin, ServedModel
 from app.registry.policy import COMPUTED_ALIASES, BestRule, computed_alias, live_checkpoints
 from app.registry.rollouts import rollout_checkpoints, running_rollout
 from app.registry.service import ARTIFACT_PREFIX, model_not_found
+
+logger = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 500
 _STEP_TAG = re.compile(r"^step(\d{1,9})$")
@@ -308,6 +314,7 @@ class ModelResolver:
         self._cache: dict[str, tuple[float, Resolution | AppError]] = {}
         self._inflight: dict[str, asyncio.Future[Resolution | AppError]] = {}
         self._generation = 0
+        self.stale_served = 0  # answers given from an expired entry while the database was away
 
     @classmethod
     def from_settings(
@@ -340,6 +347,20 @@ class ModelResolver:
                 result: Resolution | AppError = await resolve_model(session, name, self._rules)
         except AppError as exc:
             result = exc
+        except Exception as exc:
+            stale = self._cache.get(name)
+            if stale is None or not is_unavailable(exc):
+                future.set_exception(exc)
+                future.exception()
+                raise
+            # The database is away: the last answer beats an error. Kept for another ttl so
+            # the next requests do not each wait for a connect to fail.
+            result = stale[1]
+            self.stale_served += 1
+            self._cache[name] = (time.monotonic() + max(self._ttl_s, 1.0), result)
+            logger.warning("registry.resolve_stale name=%s error=%s", name[:80], type(exc).__name__)
+            future.set_result(result)
+            return result
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # retrieved: waiters re-raise it, nobody else needs a warning

@@ -66,7 +66,8 @@ async def _run(settings: Settings, metrics: WorkerMetrics, served: tuple[Any, in
     # and resumed from its stored state)
     engine = create_engine(settings, pre_ping=False)
     try:
-        await require_schema_at_head(engine)  # refuses in one line (app/health/schema.py)
+        # refuses in one line (app/health/schema.py); waits for a database that is away
+        await require_schema_at_head(engine, wait_s=settings.db.start_wait_s)
     except BaseException:
         await engine.dispose()
         raise
