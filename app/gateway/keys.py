@@ -66,8 +66,12 @@ class KeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     scopes: list[Scope] = Field(default_factory=lambda: sorted(ALL_SCOPES), min_length=1)
     models: list[str] | None = Field(None, max_length=100, description="glob patterns, e.g. babylon-agent:*")
-    rpm: int | None = Field(None, gt=0, description="requests per minute on chat completions")
-    tpm: int | None = Field(None, gt=0, description="tokens per minute on chat completions")
+    rpm: int | None = Field(
+        None, gt=0, le=service.MAX_LIMIT, description="requests per minute on chat completions"
+    )
+    tpm: int | None = Field(
+        None, gt=0, le=service.MAX_LIMIT, description="tokens per minute on chat completions"
+    )
     expires_in_s: int | None = Field(None, gt=0, le=MAX_LIFETIME_S, description="lifetime in seconds")
 
     @field_validator("models")

@@ -14,7 +14,7 @@ from typing import Literal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.db import utcnow
+from app.db import is_unavailable, utcnow
 from app.errors import NotFound
 from app.ids import new_id
 from app.keys.models import ApiKey
@@ -26,6 +26,10 @@ KEY_PREFIX = "tc-"
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+# rpm and tpm are INTEGER columns (32-bit on Postgres)
+MAX_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,8 @@ class KeyOptions:
         if not self.scopes:
             raise ValueError("a key needs at least one scope")
         for name, value in (("rpm", self.rpm), ("tpm", self.tpm)):
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive number, got {value}")
+            if value is not None and not 0 < value <= MAX_LIMIT:
+                raise ValueError(f"{name} must be a whole number from 1 to {MAX_LIMIT}, got {value}")
         if self.models is not None:
             object.__setattr__(self, "models", tuple(check_pattern(p) for p in self.models))
 
@@ -186,6 +190,7 @@ class Authenticator:
         self._ttl_s = ttl_s
         self._max_cached = max_cached
         self._cache: dict[str, tuple[Principal | None, float]] = {}
+        self.stale_served = 0  # answers given from an expired entry while the database was away
 
     @property
     def has_bootstrap_keys(self) -> bool:
@@ -204,10 +209,20 @@ class Authenticator:
         if cached is not None and cached[1] > now:
             found = cached[0]
         else:
-            found = await self._lookup(digest)
-            if len(self._cache) >= self._max_cached:
-                self._cache.clear()
-            self._cache[digest] = (found, now + self._ttl_s)
+            try:
+                found = await self._lookup(digest)
+            except Exception as exc:
+                # The database is away (issue 16): a key this process has verified keeps working
+                # on its last answer (expiry still checked below) until the database returns, as
+                # the gateway keeps serving names it has resolved; anything else is an error.
+                if cached is None or not is_unavailable(exc):
+                    raise
+                found = cached[0]
+                self.stale_served += 1
+            else:
+                if len(self._cache) >= self._max_cached:
+                    self._cache.clear()
+                self._cache[digest] = (found, now + self._ttl_s)
         if found is not None and found.expires_at is not None and found.expires_at <= self._clock():
             return None
         return found

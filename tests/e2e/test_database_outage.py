@@ -15,6 +15,9 @@ import sqlalchemy as sa
 
 from app.gateway.models import CapturedCompletion, GatewayRequest
 from app.jobs.models import FineTuningJob
+from app.keys import service as keys_service
+from app.keys.scopes import Scope
+from app.keys.service import KeyOptions
 from app.state import app_state
 from app_dev.throwaway_pg import ThrowawayPostgres
 from tests.fixtures.emulator import EmulatorHandle
@@ -33,10 +36,20 @@ async def test_a_database_outage_answers_503_keeps_the_gateway_serving_and_loses
 ) -> None:
     emulator.set_pace(0.25)  # a step lasts ~1 s: the job is mid-training when the database goes
     settings = service_settings(
-        throwaway_pg.url, emulator, inference={"flush_interval_s": 0.05, "resolve_cache_ttl_s": 0.2}
+        throwaway_pg.url,
+        emulator,
+        inference={"flush_interval_s": 0.05, "resolve_cache_ttl_s": 0.2},
+        auth={"key_cache_ttl_s": 0.2},  # the stored key's check expires during the outage
     )
     async with service_on(settings) as svc:
         await seed_model(svc.app, emulator, "agent", steps=(1,))
+        async with svc.sessionmaker() as session:
+            agents_key = (
+                await keys_service.create_key(
+                    session, "agents", KeyOptions(scopes=frozenset({Scope.inference}))
+                )
+            ).key
+            await session.commit()
         ds = await make_dataset(svc.sessionmaker, groups=3)
         hp: Any = {"batch_size": 1}
         job = await svc.sdk.fine_tuning.jobs.create(
@@ -45,9 +58,11 @@ async def test_a_database_outage_answers_503_keeps_the_gateway_serving_and_loses
         answered: list[str] = []
 
         async def chat(trajectory_id: str) -> int:
+            # a key stored in the database (the agents' key), not a bootstrap one from API_KEYS
             response = await svc.http.post(
                 "/v1/chat/completions",
                 json={"model": "agent", "messages": MESSAGES, "metadata": {"trajectory_id": trajectory_id}},
+                headers={"Authorization": f"Bearer {agents_key}"},
             )
             if response.status_code == 200:
                 answered.append(trajectory_id)
@@ -82,7 +97,7 @@ async def test_a_database_outage_answers_503_keeps_the_gateway_serving_and_loses
         pending = len(app_state(svc.app).gateway.captures)
         throwaway_pg.start()
 
-        assert set(statuses["chat"]) == {200}, statuses["chat"]
+        assert set(statuses["chat"]) == {200}, statuses["chat"]  # the stored key kept working
         assert set(statuses["api"]) == {503}, statuses["api"]
         assert set(statuses["health"]) == {503}, statuses["health"]
         assert pending > 0  # captures waited in the buffer for the database

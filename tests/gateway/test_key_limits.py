@@ -229,5 +229,9 @@ async def test_an_admin_creates_lists_and_revokes_keys_over_the_api(app: FastAPI
 
         unknown_scope = await admin.post("/v1/keys", json={"name": "x", "scopes": ["root"]})
         assert unknown_scope.status_code == 422
+        # a limit the INTEGER column cannot hold is refused naming the field (was a 500 on Postgres)
+        too_big = await admin.post("/v1/keys", json={"name": "x", "tpm": 2**31})
+        assert too_big.status_code == 422
+        assert too_big.json()["error"]["param"] == "tpm"
         missing = await admin.delete("/v1/keys/key-nope")
         assert missing.json()["error"]["code"] == "key_not_found"
