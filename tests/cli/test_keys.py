@@ -50,7 +50,7 @@ def test_a_bad_option_is_refused_in_one_line(database: None, capsys: pytest.Capt
     assert main(["keys", "create", "x", "--expires-in", "soon"]) == 1
     assert "--expires-in 'soon' is not a duration" in capsys.readouterr().err
     assert main(["keys", "create", "x", "--rpm", "0"]) == 1
-    assert "rpm must be a positive number" in capsys.readouterr().err
+    assert "rpm must be a whole number from 1 to 2147483647, got 0" in capsys.readouterr().err
 
 
 def test_durations() -> None:
