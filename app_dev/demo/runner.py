@@ -473,6 +473,7 @@ class Demo:
         job = self.summary.get("job_id", "")
         auth = f"Authorization: Bearer {self.api_key}"
         lines = [
+            f"Dashboard:    {url}/dashboard (log in with the key {self.api_key})",
             f"Swagger UI:   {url}/docs",
             f"Metrics:      curl -H '{auth}' {url}/metrics",
             f"The job:      training-control jobs show {job} --base-url {url} --api-key {self.api_key}",
@@ -486,6 +487,7 @@ class Demo:
             )
         self.report.lines(lines)
         return {
+            "dashboard": f"{url}/dashboard",
             "swagger_ui": f"{url}/docs",
             "metrics": f"{url}/metrics",
             "job": f"{url}/v1/fine_tuning/jobs/{job}",
