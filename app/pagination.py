@@ -99,3 +99,21 @@ async def fetch_page(session: AsyncSession, query: sa.Select[Row], limit: int) -
     """Up to `limit` rows of an ordered query, and whether more follow."""
     rows = list((await session.scalars(query.limit(limit + 1))).all())
     return rows[:limit], len(rows) > limit
+
+
+async def created_page(
+    session: AsyncSession,
+    query: sa.Select[Row],
+    model: type[Row],
+    *,
+    after: str | None,
+    limit: int,
+    newest_first: bool,
+    what: str,
+) -> tuple[list[Row], bool]:
+    """One page of `query` (already filtered) in (created_at, id) order after the `after` cursor:
+    the keyset list every service with public string ids answers."""
+    if after is not None:
+        anchor = await cursor_anchor(session, model, after, what=what)
+        query = query.where(after_row(model, anchor, newest_first=newest_first))
+    return await fetch_page(session, query.order_by(*created_order(model, newest_first=newest_first)), limit)

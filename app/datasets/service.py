@@ -29,7 +29,7 @@ from app.datasets.stats import BuildStats
 from app.db import utcnow
 from app.errors import AppError, BadRequest, Conflict, NotFound, StoredError, stored_error
 from app.ids import new_id
-from app.pagination import after_row, created_order, cursor_anchor, fetch_page
+from app.pagination import created_page
 from app.queue.items import enqueue
 from app.queue.models import WorkKind
 
@@ -247,10 +247,9 @@ async def list_datasets(
     query = sa.select(Dataset)
     if source is not None:
         query = query.where(Dataset.source == source)
-    if after is not None:
-        anchor = await cursor_anchor(session, Dataset, after, what="dataset")
-        query = query.where(after_row(Dataset, anchor, newest_first=True))
-    return await fetch_page(session, query.order_by(*created_order(Dataset, newest_first=True)), limit)
+    return await created_page(
+        session, query, Dataset, after=after, limit=limit, newest_first=True, what="dataset"
+    )
 
 
 def ensure_ready(dataset: Dataset) -> None:

@@ -22,7 +22,7 @@ from app.errors import BadRequest, NotFound
 from app.files.jsonl import GroupReader, LineError
 from app.files.models import File, FileChunk, FileStatus
 from app.ids import new_id
-from app.pagination import after_row, created_order, cursor_anchor, fetch_page
+from app.pagination import created_page
 
 PURPOSES = ("fine-tune",)
 BATCH_GROUPS = 200
@@ -183,10 +183,9 @@ async def list_files(
     if purpose is not None:
         query = query.where(File.purpose == purpose)
     newest_first = order == "desc"
-    if after is not None:
-        anchor = await cursor_anchor(session, File, after, what="file")
-        query = query.where(after_row(File, anchor, newest_first=newest_first))
-    return await fetch_page(session, query.order_by(*created_order(File, newest_first=newest_first)), limit)
+    return await created_page(
+        session, query, File, after=after, limit=limit, newest_first=newest_first, what="file"
+    )
 
 
 async def delete_file(session: AsyncSession, file_id: str) -> None:

@@ -19,7 +19,7 @@ from app.errors import NotFound
 from app.ids import new_id
 from app.keys.models import ApiKey
 from app.keys.scopes import ALL_SCOPES, ModelAccess, Scope, check_pattern, decode_scopes, encode_scopes
-from app.pagination import after_row, created_order, cursor_anchor, fetch_page
+from app.pagination import created_page
 
 KEY_PREFIX = "tc-"
 
@@ -117,10 +117,9 @@ async def list_keys_page(
 ) -> tuple[list[ApiKey], bool]:
     """Keys, oldest first, keyset-paged on (created_at, id)."""
     query = sa.select(ApiKey)
-    if after is not None:
-        anchor = await cursor_anchor(session, ApiKey, after, what="API key")
-        query = query.where(after_row(ApiKey, anchor, newest_first=False))
-    return await fetch_page(session, query.order_by(*created_order(ApiKey, newest_first=False)), limit)
+    return await created_page(
+        session, query, ApiKey, after=after, limit=limit, newest_first=False, what="API key"
+    )
 
 
 async def get_key(session: AsyncSession, key_id: str) -> ApiKey:

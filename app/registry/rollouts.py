@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import utcnow
 from app.errors import BadRequest, Conflict, NotFound
 from app.ids import new_id
-from app.pagination import after_row, created_order, cursor_anchor, fetch_page
+from app.pagination import after_row, created_order, created_page, cursor_anchor, fetch_page
 from app.registry.models import (
     Checkpoint,
     CheckpointOrigin,
@@ -310,10 +310,9 @@ async def list_rollout_events(
 ) -> tuple[list[RolloutEvent], bool]:
     """A rollout's events, oldest first."""
     query = sa.select(RolloutEvent).where(RolloutEvent.rollout_id == rollout.id)
-    if after is not None:
-        anchor = await cursor_anchor(session, RolloutEvent, after, what="rollout event")
-        query = query.where(after_row(RolloutEvent, anchor, newest_first=False))
-    return await fetch_page(session, query.order_by(*created_order(RolloutEvent, newest_first=False)), limit)
+    return await created_page(
+        session, query, RolloutEvent, after=after, limit=limit, newest_first=False, what="rollout event"
+    )
 
 
 async def rollout_checkpoints(session: AsyncSession, rollout: Rollout) -> tuple[Checkpoint, Checkpoint]:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import utcnow
 from app.errors import BadRequest, NotFound
 from app.ids import new_id
-from app.pagination import after_row, created_order, cursor_anchor, fetch_page
+from app.pagination import created_page, fetch_page
 from app.registry.models import AliasEvent, Checkpoint, CheckpointOrigin, ModelAlias, ServedModel
 
 ARTIFACT_PREFIX = "wandb-artifact:///"
@@ -284,10 +284,9 @@ async def list_model_lines(
 ) -> tuple[list[ServedModel], bool]:
     """Model lines, newest first; `after` is the id of the last line seen (keyset on (created_at, id))."""
     query = sa.select(ServedModel)
-    if after is not None:
-        anchor = await cursor_anchor(session, ServedModel, after, what="model line")
-        query = query.where(after_row(ServedModel, anchor, newest_first=True))
-    return await fetch_page(session, query.order_by(*created_order(ServedModel, newest_first=True)), limit)
+    return await created_page(
+        session, query, ServedModel, after=after, limit=limit, newest_first=True, what="model line"
+    )
 
 
 async def get_model_line(session: AsyncSession, model_id: str) -> ServedModel:

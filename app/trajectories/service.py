@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import BadRequest, NotFound
 from app.ids import new_id
-from app.pagination import after_row, created_order, cursor_anchor, fetch_page
+from app.pagination import created_page
 from app.trajectories.art_shape import count_turns
 from app.trajectories.models import PushedTrajectory
 from app.trajectories.schemas import AcceptedItem, ItemError, TrajectoryBatchResult
@@ -127,9 +127,12 @@ async def list_pushed(
     query = sa.select(PushedTrajectory)
     if scenario_id is not None:
         query = query.where(PushedTrajectory.scenario_id == scenario_id)
-    if after is not None:
-        anchor = await cursor_anchor(session, PushedTrajectory, after, what="pushed trajectory")
-        query = query.where(after_row(PushedTrajectory, anchor, newest_first=False))
-    return await fetch_page(
-        session, query.order_by(*created_order(PushedTrajectory, newest_first=False)), limit
+    return await created_page(
+        session,
+        query,
+        PushedTrajectory,
+        after=after,
+        limit=limit,
+        newest_first=False,
+        what="pushed trajectory",
     )
