@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -14,6 +15,7 @@ from app.config import Settings
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.models import CapturedCompletion, GatewayRequest
 from app.gateway.proxy import Gateway
+from app.gateway.spool import Spool
 from app.gateway.upstream import UpstreamClient
 from app.gateway.writer import BatchWriter, sweep_request_log
 from app.keys.ratelimit import RateLimiter
@@ -45,6 +47,15 @@ async def startup(app: FastAPI) -> None:
     engine = app_state(app).engine
 
     def writer(table: sa.Table) -> BatchWriter:
+        spool = None
+        if cfg.spool_dir:
+            spool = Spool(
+                Path(cfg.spool_dir),
+                table.name,
+                rotate_rows=cfg.spool_rotate_rows,
+                rotate_s=cfg.spool_rotate_s,
+            )
+            spool.open()
         return BatchWriter(
             table,
             engine,
@@ -52,6 +63,7 @@ async def startup(app: FastAPI) -> None:
             capacity=cfg.capture_buffer_size,
             batch_size=cfg.flush_batch_size,
             interval_s=cfg.flush_interval_s,
+            spool=spool,
         )
 
     captures = writer(_table(CapturedCompletion))
