@@ -422,8 +422,9 @@ class Gateway:
             upstream_model=call.model_served,
             messages=payload["messages"],
             tools=payload.get("tools"),
-            # a deep copy: the caller's answer may still be edited (logprobs stripped)
-            choice=orjson.loads(orjson.dumps(choice)),
+            # the caller's answer may still be edited (logprobs stripped): a deep copy, unless
+            # the writer serialises the row at once (its spool line is the snapshot)
+            choice=choice if self.captures.snapshots else orjson.loads(orjson.dumps(choice)),
             usage=usage,
             latency_ms=(time.perf_counter() - call.start) * 1000.0,
         )

@@ -102,12 +102,12 @@ class Spool:
                 continue
             return Segment(self.directory / name, fd, time.monotonic())
 
-    def append(self, row: dict[str, Any]) -> Segment | None:
-        """Write one row (one syscall); the segment it landed in, None if it could not be written."""
+    def append(self, line: bytes) -> Segment | None:
+        """Write one row's line (`encode`; one syscall); the segment it landed in, None if it
+        could not be written."""
         segment = self.current
         if segment is None:
             return None
-        line = orjson.dumps(row, option=_APPEND)
         try:
             written = os.write(segment.fd, line)
             while written < len(line):  # a regular file writes whole unless the disk is full
@@ -221,6 +221,11 @@ def adoptable(directory: Path, table: str, own: set[Path]) -> Iterator[Adopted]:
             Adopted(path, fd).close(delete=True)
             continue
         yield Adopted(path, fd)
+
+
+def encode(row: dict[str, Any]) -> bytes:
+    """A row as one spool line (JSON, datetimes in RFC 3339, newline-terminated)."""
+    return orjson.dumps(row, option=_APPEND)
 
 
 def file_lines(path: Path) -> Iterator[bytes]:

@@ -37,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db import is_unavailable
 from app.gateway.models import GatewayRequest
-from app.gateway.spool import Segment, Spool, adoptable, decode, file_lines
+from app.gateway.spool import Segment, Spool, adoptable, decode, encode, file_lines
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,9 @@ def _is_transient(exc: BaseException) -> bool:
     return is_unavailable(exc)
 
 
-Entry = tuple[dict[str, Any], Segment | None]
+# A queued row: the dict itself, or (with a spool) the line it was spooled as, decoded when
+# it is inserted; and the spool segment holding it.
+Entry = tuple[dict[str, Any] | bytes, Segment | None]
 
 
 class BatchWriter:
@@ -133,16 +135,29 @@ class BatchWriter:
     def __len__(self) -> int:
         return len(self._rows)
 
+    @property
+    def snapshots(self) -> bool:
+        """`put` serialises the row at once: the caller may change its objects afterwards."""
+        return self.spool is not None
+
     def put(self, row: dict[str, Any]) -> bool:
         """Spool one row (if spooling), then queue it; False (counted and logged) if the buffer
-        is full: a spooled row then still lands, replayed from its file later."""
-        segment = self.spool.append(row) if self.spool is not None else None
+        is full: a spooled row then still lands, replayed from its file later.
+
+        With a spool the buffer keeps the spooled line, not the dict: the one serialisation
+        is both the file's line and the snapshot (the gateway skips its deep copy of the
+        answer), and it is decoded again in the writer's batch, off the response path."""
+        entry: dict[str, Any] | bytes = row
+        segment = None
+        if self.spool is not None:
+            entry = encode(row)
+            segment = self.spool.append(entry)
         if len(self._rows) >= self._capacity:
             if segment is not None:
                 segment.dropped += 1
             self._overflow(1)
             return False
-        self._rows.append((row, segment))
+        self._rows.append((entry, segment))
         if len(self._rows) >= self._batch_size:
             self._wakeup.set()
         return True
@@ -208,7 +223,7 @@ class BatchWriter:
         while self._rows:
             batch = [self._rows.popleft() for _ in range(min(self._batch_size, len(self._rows)))]
             try:
-                await self._insert([row for row, _ in batch])
+                await self._insert([self._row(entry) for entry, _ in batch])
             except Exception as exc:
                 if _is_transient(exc):
                     self._rows.extendleft(reversed(batch))
@@ -229,7 +244,8 @@ class BatchWriter:
             len(entries),
             type(first_error).__name__,
         )
-        for index, (row, segment) in enumerate(entries):
+        for index, (entry, segment) in enumerate(entries):
+            row = self._row(entry)
             try:
                 await self._insert([row])
             except Exception as exc:
@@ -239,6 +255,13 @@ class BatchWriter:
                 self._reject(row, exc)
             if segment is not None:
                 segment.settled += 1
+
+    def _row(self, entry: dict[str, Any] | bytes) -> dict[str, Any]:
+        if isinstance(entry, dict):
+            return entry
+        row = decode(entry, self._datetime_columns)
+        assert row is not None, "a line this process encoded decodes"
+        return row
 
     def _reject(self, row: dict[str, Any], exc: BaseException) -> None:
         self._dropped_rejected.inc()

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.config import Settings
 from app.gateway.models import CapturedCompletion
-from app.gateway.spool import Spool, adoptable
+from app.gateway.spool import Spool, adoptable, encode
 from app.gateway.writer import BatchWriter, WriterMetrics
 
 TABLE = "captured_completions"
@@ -50,9 +50,9 @@ def _die(spool: Spool) -> None:
 def test_a_spool_file_rotates_after_its_row_limit_and_is_deleted_once_settled(tmp_path: Path) -> None:
     spool = Spool(tmp_path, TABLE, rotate_rows=2, rotate_s=60)
     spool.open()
-    first = spool.append(_row(1))
-    again = spool.append(_row(2))
-    third = spool.append(_row(3))
+    first = spool.append(encode(_row(1)))
+    again = spool.append(encode(_row(2)))
+    third = spool.append(encode(_row(3)))
     assert first is not None
     assert third is not None
     assert again is first
@@ -75,7 +75,7 @@ def test_a_spool_file_rotates_after_its_age_and_empty_files_do_not(tmp_path: Pat
     time.sleep(0.02)
     spool.tick()
     assert spool.current is empty  # nothing to rotate
-    segment = spool.append(_row(1))
+    segment = spool.append(encode(_row(1)))
     time.sleep(0.02)
     spool.tick()
     assert segment is not None
@@ -86,8 +86,8 @@ def test_a_spool_file_rotates_after_its_age_and_empty_files_do_not(tmp_path: Pat
 def test_a_file_is_spooled_one_json_line_per_row(tmp_path: Path) -> None:
     spool = Spool(tmp_path, TABLE)
     spool.open()
-    spool.append(_row(1))
-    spool.append(_row(2))
+    spool.append(encode(_row(1)))
+    spool.append(encode(_row(2)))
     assert spool.current is not None
     lines = spool.current.path.read_bytes().splitlines()
     assert [line.count(b'"id":"cap-') for line in lines] == [1, 1]
@@ -96,10 +96,10 @@ def test_a_file_is_spooled_one_json_line_per_row(tmp_path: Path) -> None:
 def test_only_files_whose_lock_is_free_are_adopted(tmp_path: Path) -> None:
     live = Spool(tmp_path, TABLE)
     live.open()
-    live.append(_row(1))
+    live.append(encode(_row(1)))
     dead = Spool(tmp_path, TABLE)
     dead.open()
-    dead.append(_row(2))
+    dead.append(encode(_row(2)))
     assert dead.current is not None
     dead_path = dead.current.path
     _die(dead)
@@ -121,7 +121,7 @@ def test_only_files_whose_lock_is_free_are_adopted(tmp_path: Path) -> None:
 def test_a_spooled_row_is_readable_after_its_process_died(tmp_path: Path) -> None:
     spool = Spool(tmp_path, TABLE)
     spool.open()
-    spool.append(_row(7))
+    spool.append(encode(_row(7)))
     _die(spool)
     (adopted,) = adoptable(tmp_path, TABLE, own=set())
     assert b'"cap-7"' in b"".join(adopted.lines())
@@ -207,9 +207,9 @@ async def test_a_replayed_row_the_database_rejects_is_dropped_and_the_rest_store
 ) -> None:
     spool = Spool(tmp_path, TABLE)
     spool.open()
-    spool.append(_row(1))
-    spool.append(_row(2, trajectory=None))  # NOT NULL violation: rejected for good
-    spool.append(_row(3))
+    spool.append(encode(_row(1)))
+    spool.append(encode(_row(2, trajectory=None)))  # NOT NULL violation: rejected for good
+    spool.append(encode(_row(3)))
     assert spool.current is not None
     spool.current.path.open("ab").write(b'{"id": "cap-torn", "trajec')  # a torn last line
     _die(spool)
