@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -70,10 +71,16 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 async def _stored(settings: Settings) -> tuple[list[str | None], list[str | None]]:
+    captured, logged, _choices = await _rows(settings)
+    return captured, logged
+
+
+async def _rows(settings: Settings) -> tuple[list[str | None], list[str | None], list[Any]]:
     engine = create_async_engine(settings.database_url)
     try:
         async with engine.connect() as conn:
             captured = (await conn.scalars(sa.select(CapturedCompletion.trajectory_id))).all()
+            choices = (await conn.scalars(sa.select(CapturedCompletion.choice))).all()
             logged = (
                 await conn.scalars(
                     sa.select(GatewayRequest.trajectory_id).where(GatewayRequest.trajectory_id.is_not(None))
@@ -81,7 +88,7 @@ async def _stored(settings: Settings) -> tuple[list[str | None], list[str | None
             ).all()
     finally:
         await engine.dispose()
-    return list(captured), list(logged)
+    return list(captured), list(logged), list(choices)
 
 
 async def test_a_replica_killed_before_its_flush_loses_no_answered_capture_or_log_row(
@@ -138,7 +145,9 @@ async def test_a_replica_killed_before_its_flush_loses_no_answered_capture_or_lo
     finally:
         _stop(second)
 
-    captured, logged = await _stored(settings)
+    captured, logged, choices = await _rows(settings)
+    # stored with the logprobs the gateway asked for, though they were stripped from the answers
+    assert all(choice["logprobs"]["content"] for choice in choices)
     assert collections.Counter(captured) == collections.Counter(answered)  # each exactly once
     assert collections.Counter(logged) == collections.Counter(answered)
     assert os.listdir(spool) == []  # replayed files deleted; the second replica's own at its stop
