@@ -56,7 +56,8 @@ class WriterMetrics:
         )
         self.dropped = Counter(
             "gateway_writer_dropped_total",
-            "Rows lost: buffer full, rejected by the database, or pending at shutdown with the DB down.",
+            "Rows dropped: buffer full (with a spool the row still lands, replayed from its file), "
+            "rejected by the database, or pending at shutdown with the DB down and no spool.",
             ["table", "reason"],
             registry=registry,
         )
