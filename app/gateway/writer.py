@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -358,11 +359,13 @@ class BatchWriter:
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
             self._task = None
+        if self.spool is not None:
+            self.spool.rotate()  # so that a file whose rows all land now is deleted below
         try:
             await asyncio.wait_for(self.flush(), timeout_s)
             if self.spool is not None:
-                self.spool.rotate()
-                await asyncio.wait_for(self.maintain_spool(), timeout_s)
+                with contextlib.suppress(Exception):  # what is left waits in the spool
+                    await asyncio.wait_for(self.maintain_spool(), timeout_s)
         except Exception as exc:
             unspooled = sum(1 for _, segment in self._rows if segment is None)
             self._rows.clear()
