@@ -15,7 +15,7 @@ from app.config import Settings
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.models import CapturedCompletion, GatewayRequest
 from app.gateway.proxy import Gateway
-from app.gateway.spool import Spool
+from app.gateway.spool import Spool, database_tag
 from app.gateway.upstream import UpstreamClient
 from app.gateway.writer import BatchWriter, sweep_request_log
 from app.keys.ratelimit import RateLimiter
@@ -52,6 +52,7 @@ async def startup(app: FastAPI) -> None:
             spool = Spool(
                 Path(cfg.spool_dir),
                 table.name,
+                database=database_tag(settings.database_url),
                 rotate_rows=cfg.spool_rotate_rows,
                 rotate_s=cfg.spool_rotate_s,
             )

@@ -6,7 +6,9 @@ JSON line on an `O_APPEND` fd. There is no fsync: after `write(2)` returns the b
 kernel's page cache, which a killed process cannot take with it (only a crash of the machine
 or its kernel can lose them; that is the trade chosen for a hot path of one syscall per row).
 
-Files: `<dir>/<table>.<host>-<pid>-<start>-<n>.jsonl`. The process that writes a file holds an
+Files: `<dir>/<table>.<database>.<host>-<pid>-<start>-<n>.jsonl`, `<database>` a hash of the
+database URL (password hidden): a file is only replayed into the database its rows were meant
+for, even if a directory outlives a change of `DATABASE_URL` (or tests and benches share one). The process that writes a file holds an
 exclusive `flock(2)` on it for as long as the file exists; a file is created under a dot-name,
 locked, then renamed into place, so no other process ever sees it unlocked while its owner
 lives. The file is rotated every `rotate_rows` rows or `rotate_s` seconds; a rotated file is
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import hashlib
 import logging
 import os
 import socket
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import sqlalchemy as sa
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +78,7 @@ class Spool:
 
     directory: Path
     table: str
+    database: str = "default"  # `database_tag(url)`
     rotate_rows: int = 10_000
     rotate_s: float = 10.0
     current: Segment | None = None
@@ -84,7 +89,7 @@ class Spool:
 
     def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._prefix = f"{self.table}.{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+        self._prefix = f"{self.table}.{self.database}.{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
         self.current = self._new_segment()
 
     def _new_segment(self) -> Segment:
@@ -190,18 +195,25 @@ class Adopted:
         os.close(self.fd)
 
 
-def adoptable(directory: Path, table: str, own: set[Path]) -> Iterator[Adopted]:
-    """The spool files of `table` in `directory` whose owner is gone (their flock is free),
+def database_tag(url: str) -> str:
+    """The part of a spool file's name that names its database."""
+    safe = sa.engine.make_url(url).render_as_string(hide_password=True)
+    return hashlib.sha256(safe.encode()).hexdigest()[:12]
+
+
+def adoptable(directory: Path, table: str, own: set[Path], database: str = "default") -> Iterator[Adopted]:
+    """The spool files of `table` (and `database`) in `directory` whose owner is gone (their flock is free),
     each locked for the caller. Orphaned hidden files (an owner killed while creating one)
     are deleted on the way."""
+    prefix = f"{table}.{database}."
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return
     for name in sorted(names):
         path = directory / name
-        hidden = name.startswith(f".{table}.") and name.endswith(".tmp")
-        if not hidden and not (name.startswith(f"{table}.") and name.endswith(SUFFIX)):
+        hidden = name.startswith(f".{prefix}") and name.endswith(".tmp")
+        if not hidden and not (name.startswith(prefix) and name.endswith(SUFFIX)):
             continue
         if path in own:
             continue

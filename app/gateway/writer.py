@@ -299,7 +299,7 @@ class BatchWriter:
         if spool.current is not None:
             own.add(spool.current.path)
         total = 0
-        for adopted in adoptable(spool.directory, self.name, own):
+        for adopted in adoptable(spool.directory, self.name, own, spool.database):
             try:
                 count = await self._replay_lines(adopted.lines())
             except BaseException:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.config import Settings
 from app.gateway.models import CapturedCompletion
-from app.gateway.spool import Spool, adoptable, encode
+from app.gateway.spool import Spool, adoptable, database_tag, encode
 from app.gateway.writer import BatchWriter, WriterMetrics
 
 TABLE = "captured_completions"
@@ -93,7 +93,7 @@ def test_a_file_is_spooled_one_json_line_per_row(tmp_path: Path) -> None:
     assert [line.count(b'"id":"cap-') for line in lines] == [1, 1]
 
 
-def test_only_files_whose_lock_is_free_are_adopted(tmp_path: Path) -> None:
+def test_only_files_whose_lock_is_free_and_of_the_same_database_are_adopted(tmp_path: Path) -> None:
     live = Spool(tmp_path, TABLE)
     live.open()
     live.append(encode(_row(1)))
@@ -106,7 +106,11 @@ def test_only_files_whose_lock_is_free_are_adopted(tmp_path: Path) -> None:
     other_table = Spool(tmp_path, "gateway_requests")
     other_table.open()
     _die(other_table)
-    orphan = tmp_path / f".{TABLE}.host-1-2-1.jsonl.tmp"  # killed between create and rename
+    other_database = Spool(tmp_path, TABLE, database=database_tag("sqlite+aiosqlite:///./other.db"))
+    other_database.open()
+    other_database.append(encode(_row(3)))
+    _die(other_database)
+    orphan = tmp_path / f".{TABLE}.default.host-1-2-1.jsonl.tmp"  # killed between create and rename
     orphan.touch()
 
     adopted = list(adoptable(tmp_path, TABLE, own=set()))
