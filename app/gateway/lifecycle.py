@@ -56,7 +56,14 @@ async def startup(app: FastAPI) -> None:
                 rotate_rows=cfg.spool_rotate_rows,
                 rotate_s=cfg.spool_rotate_s,
             )
-            spool.open()
+            try:
+                spool.open()
+            except OSError as exc:
+                # durability was asked for: refuse to start rather than run without it
+                raise RuntimeError(
+                    f"INFERENCE__SPOOL_DIR={cfg.spool_dir!r} cannot hold the gateway's spool ({exc}); "
+                    "point it at a writable local directory, or set it empty to disable the spool"
+                ) from exc
         return BatchWriter(
             table,
             engine,
