@@ -42,7 +42,6 @@ async def startup(app: FastAPI) -> None:
     cfg = settings.inference
     metrics = _metrics(app)
     outbound = Outbound.for_url(settings.wandb_base_url, settings.outbound)
-    upstream = open_upstream(settings, outbound)
     resolver = ModelResolver.from_settings(app_state(app).sessionmaker, settings)
     engine = app_state(app).engine
 
@@ -76,6 +75,7 @@ async def startup(app: FastAPI) -> None:
 
     captures = writer(_table(CapturedCompletion))
     request_log = writer(_table(GatewayRequest)) if cfg.request_log else None
+    upstream = open_upstream(settings, outbound)  # after the spools: a failed start leaks no session
     captures.start()
     if request_log is not None:
         request_log.start()

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from asgi_lifespan import LifespanManager
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -19,6 +20,8 @@ from app.config import Settings
 from app.gateway.models import CapturedCompletion
 from app.gateway.spool import Spool, adoptable, database_tag, encode
 from app.gateway.writer import BatchWriter, WriterMetrics
+from app.main import create_app
+from tests.conftest import make_settings
 
 TABLE = "captured_completions"
 
@@ -227,3 +230,14 @@ async def test_a_replayed_row_the_database_rejects_is_dropped_and_the_rest_store
     assert writer._dropped_rejected._value.get() == 2
     await writer.stop()
     assert _files(tmp_path) == []
+
+
+async def test_a_spool_directory_that_cannot_be_written_stops_the_start_naming_the_setting(
+    settings: Settings, tmp_path: Path
+) -> None:
+    occupied = tmp_path / "a-file"
+    occupied.write_text("")
+    app = create_app(make_settings(settings.database_url, inference={"spool_dir": str(occupied / "spool")}))
+    with pytest.raises(RuntimeError, match="INFERENCE__SPOOL_DIR"):
+        async with LifespanManager(app):
+            pass
