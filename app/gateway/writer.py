@@ -74,6 +74,12 @@ class WriterMetrics:
             ["table"],
             registry=registry,
         )
+        self.spool_write_errors = Counter(
+            "gateway_spool_write_errors_total",
+            "Rows that could not be appended to the spool (disk full, I/O error): kept in memory only.",
+            ["table"],
+            registry=registry,
+        )
         self.replayed = Counter(
             "gateway_spool_rows_replayed_total",
             "Spooled rows replayed from a file (a dead process's, or rows the full buffer dropped).",
@@ -121,6 +127,7 @@ class BatchWriter:
         self._stopping = False
         self._written = metrics.written.labels(self.name)
         self._replayed = metrics.replayed.labels(self.name)
+        self._spool_write_errors = metrics.spool_write_errors.labels(self.name)
         self._dropped_full = metrics.dropped.labels(self.name, "buffer_full")
         self._dropped_rejected = metrics.dropped.labels(self.name, "rejected")
         self._dropped_shutdown = metrics.dropped.labels(self.name, "shutdown")
@@ -154,6 +161,8 @@ class BatchWriter:
         if self.spool is not None:
             entry = encode(row)
             segment = self.spool.append(entry)
+            if segment is None:
+                self._spool_write_errors.inc()
         if len(self._rows) >= self._capacity:
             if segment is not None:
                 segment.dropped += 1

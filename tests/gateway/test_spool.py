@@ -241,3 +241,21 @@ async def test_a_spool_directory_that_cannot_be_written_stops_the_start_naming_t
     with pytest.raises(RuntimeError, match="INFERENCE__SPOOL_DIR"):
         async with LifespanManager(app):
             pass
+
+
+async def test_a_row_the_spool_cannot_write_is_counted_and_still_queued(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path, TABLE)
+    spool.open()
+    writer = _writer(engine, spool)
+    assert spool.current is not None
+    os.close(spool.current.fd)  # every write now fails (EBADF), as a full disk would
+    spool.current.fd = os.open(os.devnull, os.O_RDONLY)
+
+    assert writer.put(_row(1))
+    await writer.flush()
+
+    assert writer._spool_write_errors._value.get() == 1
+    assert await _stored(engine) == ["cap-1"]
+    await writer.stop()
