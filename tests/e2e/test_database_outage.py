@@ -8,7 +8,6 @@ W&B POST per step. (bench/reliability/outage.py runs the 10-30 s version.)"""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,13 +29,11 @@ MESSAGES: list[Any] = [{"role": "user", "content": "Market 42 moved. What now?"}
 
 
 async def test_a_database_outage_answers_503_keeps_the_gateway_serving_and_loses_nothing(
-    throwaway_pg: ThrowawayPostgres, emulator: EmulatorHandle, tmp_path: Path
+    throwaway_pg: ThrowawayPostgres, emulator: EmulatorHandle
 ) -> None:
     emulator.set_pace(0.25)  # a step lasts ~1 s: the job is mid-training when the database goes
     settings = service_settings(
-        throwaway_pg.url,
-        emulator,
-        inference={"flush_interval_s": 0.05, "resolve_cache_ttl_s": 0.2, "spool_dir": str(tmp_path)},
+        throwaway_pg.url, emulator, inference={"flush_interval_s": 0.05, "resolve_cache_ttl_s": 0.2}
     )
     async with service_on(settings) as svc:
         await seed_model(svc.app, emulator, "agent", steps=(1,))
