@@ -24,10 +24,11 @@ COPY alembic ./alembic
 COPY app ./app
 RUN pip install --no-deps -e .
 
-# Run as an unprivileged user. ./data is where the SQLite default would live.
+# Run as an unprivileged user. ./data is where the SQLite default would live, and the gateway's
+# write-ahead spool (INFERENCE__SPOOL_DIR; made here so a volume mounted on it belongs to app).
 RUN useradd --create-home --uid 10001 --user-group app \
-    && mkdir -p /srv/data \
-    && chown app:app /srv/data
+    && mkdir -p /srv/data/gateway-spool \
+    && chown -R app:app /srv/data
 USER app
 
 EXPOSE 8000

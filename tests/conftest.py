@@ -165,6 +165,11 @@ def make_settings(db_url: str, **overrides: Any) -> Settings:
         "wandb_base_url": "http://127.0.0.1:9/v1",
     }
     values.update(overrides)
+    # No spool unless a test asks for one: a file left in a shared directory would be replayed
+    # into the next test's database.
+    inference = dict(values.get("inference") or {})
+    inference.setdefault("spool_dir", "")
+    values["inference"] = inference
     return load_settings(**values)
 
 

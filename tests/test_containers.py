@@ -76,6 +76,14 @@ class TestCompose:
         assert "/healthz" in " ".join(api["healthcheck"]["test"])
         assert any(str(p).endswith(":8000") for p in api["ports"])
 
+    def test_the_gateway_spool_is_a_volume_of_the_api(
+        self, compose: dict[str, Any], services: dict[str, Any]
+    ) -> None:
+        # the default INFERENCE__SPOOL_DIR under WORKDIR /srv: rows spooled by a killed
+        # container are replayed by the next one, even if the container is recreated
+        assert "gateway-spool:/srv/data/gateway-spool" in services["api"]["volumes"]
+        assert "gateway-spool" in compose["volumes"]
+
     def test_worker_runs_the_standalone_worker(self, services: dict[str, Any]) -> None:
         assert services["worker"]["command"] == ["training-control", "worker"]
 

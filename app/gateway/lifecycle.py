@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from pathlib import Path
 
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -14,6 +15,7 @@ from app.config import Settings
 from app.gateway.metrics import GatewayMetrics
 from app.gateway.models import CapturedCompletion, GatewayRequest
 from app.gateway.proxy import Gateway
+from app.gateway.spool import Spool, database_tag
 from app.gateway.upstream import UpstreamClient
 from app.gateway.writer import BatchWriter, sweep_request_log
 from app.keys.ratelimit import RateLimiter
@@ -40,11 +42,27 @@ async def startup(app: FastAPI) -> None:
     cfg = settings.inference
     metrics = _metrics(app)
     outbound = Outbound.for_url(settings.wandb_base_url, settings.outbound)
-    upstream = open_upstream(settings, outbound)
     resolver = ModelResolver.from_settings(app_state(app).sessionmaker, settings)
     engine = app_state(app).engine
 
     def writer(table: sa.Table) -> BatchWriter:
+        spool = None
+        if cfg.spool_dir:
+            spool = Spool(
+                Path(cfg.spool_dir),
+                table.name,
+                database=database_tag(settings.database_url),
+                rotate_rows=cfg.spool_rotate_rows,
+                rotate_s=cfg.spool_rotate_s,
+            )
+            try:
+                spool.open()
+            except OSError as exc:
+                # durability was asked for: refuse to start rather than run without it
+                raise RuntimeError(
+                    f"INFERENCE__SPOOL_DIR={cfg.spool_dir!r} cannot hold the gateway's spool ({exc}); "
+                    "point it at a writable local directory, or set it empty to disable the spool"
+                ) from exc
         return BatchWriter(
             table,
             engine,
@@ -52,10 +70,12 @@ async def startup(app: FastAPI) -> None:
             capacity=cfg.capture_buffer_size,
             batch_size=cfg.flush_batch_size,
             interval_s=cfg.flush_interval_s,
+            spool=spool,
         )
 
     captures = writer(_table(CapturedCompletion))
     request_log = writer(_table(GatewayRequest)) if cfg.request_log else None
+    upstream = open_upstream(settings, outbound)  # after the spools: a failed start leaks no session
     captures.start()
     if request_log is not None:
         request_log.start()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import secrets
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,6 +39,21 @@ class CapturedCompletion(TimestampMixin, Base):
     choice: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     latency_ms: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+
+
+_LOG_ID_EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+_LOG_ID_PROCESS = secrets.randbits(8)
+_log_id_counter = itertools.count(secrets.randbits(14))
+
+
+def new_request_log_id() -> int:
+    """A request-log id assigned before the row is spooled, so a replay inserts it once.
+
+    Milliseconds since 2024 (41 bits, until 2093) | a random process tag (8) | a counter (14):
+    ordered by time, positive in a signed 64-bit column, and two rows share an id only if two
+    processes with the same tag hit the same counter value in the same millisecond."""
+    ms = time.time_ns() // 1_000_000 - _LOG_ID_EPOCH_MS
+    return (ms << 22) | (_LOG_ID_PROCESS << 14) | (next(_log_id_counter) & 0x3FFF)
 
 
 class GatewayRequest(Base):

@@ -5,7 +5,9 @@ Hot-path rules (see bench/proxy/README.md for what they buy):
 - non-streamed answers are parsed once (usage, capture), re-serialised only when logprobs the
   caller did not ask for must go;
 - streamed answers are relayed as they arrive; only a captured stream is parsed, event by event;
-- captures and the request log are appended to in-memory buffers (app/gateway/writer.py);
+- captures and the request log are appended to in-memory buffers (app/gateway/writer.py),
+  and, before the answer completes (a stream: before its [DONE] is sent), to the spool file
+  (app/gateway/spool.py: one write(2) per row) so that a kill -9 loses none of them;
 - the client's disconnect cancels the upstream request (a watcher task cancels this one, and the
   upstream connection is aborted rather than returned to the pool).
 
@@ -34,6 +36,7 @@ from app.config import Settings
 from app.errors import BadRequest, render_error
 from app.gateway.capture import CaptureTarget, StreamAssembler, capture_row, parse_metadata, strip_logprobs
 from app.gateway.metrics import GatewayMetrics
+from app.gateway.models import new_request_log_id
 from app.gateway.upstream import UpstreamClient, UpstreamError, UpstreamResponse
 from app.gateway.upstream_errors import (
     GatewayUpstreamError,
@@ -199,6 +202,7 @@ class Gateway:
             return
         self.request_log.put(
             {
+                "id": new_request_log_id(),
                 "created_at": dt.datetime.now(dt.UTC),
                 "request_id": current_request_id(),
                 "key_id": call.key_id,
@@ -418,8 +422,9 @@ class Gateway:
             upstream_model=call.model_served,
             messages=payload["messages"],
             tools=payload.get("tools"),
-            # a deep copy: the caller's answer may still be edited (logprobs stripped)
-            choice=orjson.loads(orjson.dumps(choice)),
+            # the caller's answer may still be edited (logprobs stripped): a deep copy, unless
+            # the writer serialises the row at once (its spool line is the snapshot)
+            choice=choice if self.captures.snapshots else orjson.loads(orjson.dumps(choice)),
             usage=usage,
             latency_ms=(time.perf_counter() - call.start) * 1000.0,
         )
@@ -511,6 +516,7 @@ class StreamRelay(Response):
         self.assembler = StreamAssembler() if plan.capture is not None else None
         self._pending = b""
         self._tail = b""
+        self._settled = False  # captured and logged (at [DONE], or at the end)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         call = self.call
@@ -553,6 +559,9 @@ class StreamRelay(Response):
                 out = transform(data)
                 if out:
                     last_out = out
+                    if not self._settled and b"[DONE]" in out[-32:]:
+                        # capture and log (spooled) before the client sees the answer complete
+                        self._finish(200)
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             call.finished = True
             gateway._stop_watcher(call)
@@ -570,7 +579,8 @@ class StreamRelay(Response):
             call.finished = True
             gateway._stop_watcher(call)
             await upstream.aclose()
-            self._finish(status)
+            if not self._settled:
+                self._finish(status)
 
     async def _send_stream_error(self, send: Send, exc: UpstreamError) -> None:
         # Headers are gone already: the error travels as an SSE event, which the openai SDK
@@ -640,6 +650,7 @@ class StreamRelay(Response):
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     def _finish(self, status: int) -> None:
+        self._settled = True
         call = self.call
         gateway = self.gateway
         assembler = self.assembler

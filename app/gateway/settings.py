@@ -40,6 +40,18 @@ class InferenceSettings(BaseModel):
         gt=0,
         description="rows per INSERT of the background writer (small batches keep each pause short)",
     )
+    spool_dir: str = Field(
+        "./data/gateway-spool",
+        description="write-ahead spool of capture and request-log rows: each is appended to a file here "
+        "before its answer completes, so a kill -9 loses none; replicas on one host may share it "
+        "(empty disables: rows wait in memory only)",
+    )
+    spool_rotate_rows: int = Field(10_000, gt=0, description="rows per spool file before a new one starts")
+    spool_rotate_s: float = Field(
+        10.0,
+        gt=0,
+        description="a new spool file starts after this; also how often dead processes' files are adopted",
+    )
     request_log: bool = Field(True, description="write one compact row per gateway request")
     request_log_retention_days: int = Field(30, ge=0, description="0 keeps the request log forever")
     retention_interval_s: float = Field(

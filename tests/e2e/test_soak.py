@@ -4,7 +4,9 @@ Postgres, jobs created through the API (some with an Idempotency-Key sent twice,
 cancelled) and gateway traffic with captures, while three kill -9s hit the workers and the
 replica (each restarted), Postgres restarts once and W&B misbehaves. At the end: every job
 terminal, none lost, no step POSTed twice (the emulator's counters), one job per key, every
-answered completion stored once, a webhook for every job, and every kill resumed from."""
+answered completion stored once (and logged once), also those a kill -9ed replica answered
+before its writer flushed (the write-ahead spool keeps them), a webhook for every job, and
+every kill resumed from."""
 
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ async def test_kill_9s_a_postgres_restart_and_wandb_faults_lose_nothing_and_post
         workers=2,
         jobs=6,
         kills=3,
+        min_replica_kills=1,
+        flush_interval_s=2.0,  # a replica holds seconds of rows in memory when it is killed
         chaos_s=24.0,
         postgres_down_s=2.0,
         pace_s=0.3,
@@ -45,6 +49,8 @@ async def test_kill_9s_a_postgres_restart_and_wandb_faults_lose_nothing_and_post
     assert report.violations() == [], dump(report)
     assert sum(report.jobs.values()) == report.acknowledged_jobs > 0
     assert len(report.kills) == 3
+    assert any(kill["kind"] == "replica" for kill in report.kills)
+    assert report.captures_missing_in_killed_buffer == 0  # also in violations(); named for the reader
     assert report.postgres_restarts == 1
     assert report.chats_answered > 0
     assert report.idempotency_keys > 0
