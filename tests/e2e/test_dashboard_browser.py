@@ -11,8 +11,6 @@ must stay free of errors and warnings.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,7 +18,8 @@ import openai
 import pytest
 
 from app.main import create_app
-from tests.conftest import IN_CI, TEST_API_KEY
+from tests.conftest import TEST_API_KEY
+from tests.fixtures.browser import browser_or_skip, offline_context
 from tests.fixtures.emulator import EmulatorHandle
 from tests.fixtures.factories import make_dataset
 from tests.fixtures.gateway import live_server
@@ -28,7 +27,6 @@ from tests.fixtures.service import service_settings, wait_for_job, wait_until
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path(os.environ.get("TEST_CHROMIUM", "/usr/bin/chromium"))
 BASE = "OpenPipe/Qwen3-14B-Instruct"
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 CHART_METRICS = {
@@ -37,15 +35,6 @@ CHART_METRICS = {
     "chart-grad_norm": ("grad_norm",),
     "chart-tokens": ("num_trainable_tokens",),
 }
-
-
-def _browser_or_skip() -> None:
-    if CHROMIUM.exists():
-        return
-    message = f"no browser at {CHROMIUM} (`apt-get install -y chromium`; .ci/run installs it)"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 def _metric(ckpt: Any, key: str) -> float:
@@ -62,7 +51,7 @@ async def test_an_operator_logs_in_reads_a_jobs_curves_moves_an_alias_and_cancel
     if backend != "postgres":
         # one backend is enough for the browser (~12 s); tests/dashboard renders every page on both
         pytest.skip("the browser flow runs on Postgres")
-    _browser_or_skip()
+    browser_or_skip()
     from playwright.async_api import ConsoleMessage, Dialog, Route, async_playwright
 
     app = create_app(service_settings(settings.database_url, emulator))
@@ -101,17 +90,7 @@ async def test_an_operator_logs_in_reads_a_jobs_curves_moves_an_alias_and_cancel
                 console.append(f"{message.type}: {message.text}")
 
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(
-                executable_path=str(CHROMIUM),
-                args=[
-                    "--no-sandbox",
-                    "--disable-dev-shm-usage",
-                    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                ],
-            )
-            try:
-                context = await browser.new_context(service_workers="block")
-                await context.route("**/*", only_this_machine)
+            async with offline_context(pw, only_this_machine) as context:
                 page = await context.new_page()
                 page.on("console", on_console)
                 page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
@@ -203,8 +182,6 @@ async def test_an_operator_logs_in_reads_a_jobs_curves_moves_an_alias_and_cancel
                     response = await page.goto(url + path, wait_until="networkidle")
                     assert response is not None
                     assert response.status == 200, path
-            finally:
-                await browser.close()
         await sdk.close()
 
     assert blocked == [], f"the dashboard tried to reach beyond this machine: {blocked}"

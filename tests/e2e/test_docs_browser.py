@@ -8,20 +8,16 @@ rendered. In CI a missing browser fails the test (`.ci/run` installs it); elsewh
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
 
 from app.docs import OPENAPI_TAGS
-from tests.conftest import IN_CI
+from tests.fixtures.browser import browser_or_skip, offline_context
 from tests.fixtures.gateway import live_server
 
 pytestmark = pytest.mark.e2e
-
-CHROMIUM = Path(os.environ.get("TEST_CHROMIUM", "/usr/bin/chromium"))
 
 
 @pytest.fixture
@@ -30,19 +26,10 @@ async def docs_url(app: FastAPI) -> AsyncIterator[str]:
         yield base_url
 
 
-def _browser_or_skip() -> None:
-    if CHROMIUM.exists():
-        return
-    message = f"no browser at {CHROMIUM} (`apt-get install -y chromium`; .ci/run installs it)"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 async def test_docs_render_every_operation_offline_from_the_services_own_assets(
     app: FastAPI, docs_url: str
 ) -> None:
-    _browser_or_skip()
+    browser_or_skip()
     from playwright.async_api import Route, async_playwright
 
     spec = app.openapi()
@@ -61,18 +48,7 @@ async def test_docs_render_every_operation_offline_from_the_services_own_assets(
             await route.abort("internetdisconnected")
 
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            # Belt and braces: even a request that escaped routing could not resolve a host.
-            args=[
-                "--no-sandbox",
-                "--disable-dev-shm-usage",
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-            ],
-        )
-        try:
-            context = await browser.new_context(service_workers="block")
-            await context.route("**/*", only_the_service)
+        async with offline_context(pw, only_the_service) as context:
             page = await context.new_page()
             page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
             response = await page.goto(f"{docs_url}/docs", wait_until="networkidle")
@@ -88,8 +64,6 @@ async def test_docs_render_every_operation_offline_from_the_services_own_assets(
             )
             await job_model.locator(".json-schema-2020-12-expand-deep-button").first.click()
             model_text = await job_model.first.inner_text()
-        finally:
-            await browser.close()
 
     assert blocked == [], f"the docs tried to reach beyond the service: {blocked}"
     assert any(url.endswith("/docs/assets/swagger-ui-bundle.js") for url in served), served
