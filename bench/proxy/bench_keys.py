@@ -27,7 +27,6 @@ BENCH_DATABASE_URL (postgresql://postgres@127.0.0.1:5432/tc_bench_keys), HARNESS
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -35,13 +34,14 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 HARNESS = Path(os.environ.get("HARNESS", "/work/shared/bench/proxy"))
 sys.path.insert(0, str(HARNESS))
+from bench_clients import loadavg, wait_http  # noqa: E402  # the same harness helpers, one copy
+
 from bench import cpu_seconds, run_loadgen, run_wrk  # type: ignore[import-not-found]  # noqa: E402
 
 APP_PY = ROOT / ".venv/bin/python"
@@ -79,22 +79,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-def loadavg() -> list[str]:
-    return Path("/proc/loadavg").read_text().split()[:3]
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], seconds: float = 120) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{url}: the process exited with {proc.returncode}")
-        with contextlib.suppress(Exception):
-            urllib.request.urlopen(url, timeout=2).read()
-            return
-        time.sleep(0.5)
-    raise SystemExit(f"{url} did not answer within {seconds:g}s")
 
 
 def main() -> None:
